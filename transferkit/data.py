@@ -1,0 +1,408 @@
+"""Image folders in, decoded arrays and ``tf.data`` pipelines out.
+
+A dataset is a folder with one sub-folder per class. Images are decoded and
+resized once (Pillow, in a thread pool: any of JPEG, PNG, BMP, GIF, WebP,
+TIFF in grey, RGB, RGBA, palette or CMYK mode, EXIF rotation applied) into
+one ``uint8`` array that later stages reuse. Files that fail to decode are
+skipped and counted, never silently dropped. Preprocessing is *not* applied
+here: models built by transferkit take raw RGB pixels in [0, 255] and
+normalise inside the model (see :func:`transferkit.backbones.add_preprocessing`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from transferkit.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FolderScan",
+    "ImageSet",
+    "AugmentConfig",
+    "scan_folder",
+    "decode_images",
+    "stratified_split",
+    "class_weights",
+    "load_image_folder",
+    "make_dataset",
+]
+
+log = logging.getLogger("transferkit")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: Decoded training data above this many bytes is refused with advice.
+MAX_DECODED_BYTES = int(float(os.environ.get("TRANSFERKIT_MAX_DECODED_GB", "8")) * 2**30)
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What a class-per-folder dataset holds, before any decoding.
+
+    Attributes:
+        root: The folder scanned.
+        class_names: Sub-folder names, sorted; the label of a file is the
+            index of its folder here.
+        files: Image paths, class by class.
+        labels: Label of each file.
+        ignored: Files skipped for their extension (not images).
+    """
+
+    root: str
+    class_names: tuple[str, ...]
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of image files per class."""
+        counts = np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=len(self.class_names))
+        return dict(zip(self.class_names, counts.tolist()))
+
+
+@dataclass
+class ImageSet:
+    """Decoded training and validation images with their labels.
+
+    Attributes:
+        x_train: ``uint8`` array ``(n, size, size, 3)`` of RGB pixels.
+        y_train: Integer labels ``(n,)``.
+        x_val: Validation images, same layout.
+        y_val: Validation labels.
+        class_names: Class of each label index.
+        skipped: ``(path, reason)`` for every file that failed to decode.
+        image_size: Side of the square images.
+        validation: How the validation set was made (``"folder ..."`` or
+            ``"split 0.2 seed 0"``).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: tuple[str, ...]
+    image_size: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    validation: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def counts(self, split: str = "train") -> dict[str, int]:
+        """Images per class in ``"train"`` or ``"val"``."""
+        labels = self.y_train if split == "train" else self.y_val
+        counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes)
+        return dict(zip(self.class_names, counts.tolist()))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation applied to training batches.
+
+    Attributes:
+        flip: ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"``
+            or ``""`` for none.
+        rotation: Maximum rotation as a fraction of a full turn.
+        zoom: Maximum zoom in or out, as a fraction.
+        contrast: Maximum contrast change, as a fraction.
+    """
+
+    flip: str = "horizontal"
+    rotation: float = 0.05
+    zoom: float = 0.1
+    contrast: float = 0.1
+
+
+def scan_folder(root: str | os.PathLike) -> FolderScan:
+    """List the images of a class-per-folder dataset.
+
+    Args:
+        root: Folder holding one sub-folder of images per class.
+
+    Returns:
+        The scan, classes sorted by name.
+
+    Raises:
+        DataError: When the folder is missing, holds fewer than two class
+            folders, or a class folder holds no image.
+    """
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"Data folder {str(path)!r} does not exist. Expected a folder with one "
+            "sub-folder of images per class, e.g. data/cat/*.jpg and data/dog/*.jpg."
+        )
+    if not path.is_dir():
+        raise DataError(f"Data path {str(path)!r} is a file; expected a folder of class folders.")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "no class sub-folders"
+        hint = f" and {len(loose)} loose images" if loose else ""
+        raise DataError(
+            f"Data folder {str(path)!r} has {found}{hint}; a classifier needs at least 2 "
+            "classes, one sub-folder each (data/<class>/<image>). Move the images into "
+            "one folder per class."
+        )
+    files, labels, ignored, empty = [], [], [], []
+    for label, name in enumerate(classes):
+        found_any = False
+        for item in sorted((path / name).rglob("*")):
+            if not item.is_file() or item.name.startswith("."):
+                continue
+            if item.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(str(item))
+                labels.append(label)
+                found_any = True
+            else:
+                ignored.append(str(item))
+        if not found_any:
+            empty.append(name)
+    if empty:
+        raise DataError(
+            f"Class folder(s) {', '.join(empty)} in {str(path)!r} hold no images "
+            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}). Add images or remove "
+            "the folder(s)."
+        )
+    return FolderScan(str(path), tuple(classes), tuple(files), tuple(labels), tuple(ignored))
+
+
+def _decode_one(path: str, size: int) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            array = np.asarray(image, dtype=np.float32)
+            span = float(array.max() - array.min()) or 1.0
+            image = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8))
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def decode_images(
+    files: Sequence[str], size: int, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode and resize images to ``size`` × ``size`` RGB, skipping failures.
+
+    Args:
+        files: Image paths.
+        size: Output side in pixels.
+        workers: Decoding threads. Defaults to ``min(8, cpu count)``.
+
+    Returns:
+        ``(images, kept, skipped)``: a ``uint8`` array ``(k, size, size, 3)``,
+        the indices into ``files`` that were kept, and ``(path, reason)`` for
+        each file that could not be decoded.
+
+    Raises:
+        DataError: When the decoded array would exceed the memory budget
+            (``TRANSFERKIT_MAX_DECODED_GB``, default 8).
+    """
+    needed = len(files) * size * size * 3
+    if needed > MAX_DECODED_BYTES:
+        raise DataError(
+            f"{len(files)} images at {size} px need {needed / 2**30:.1f} GiB decoded, above "
+            f"the {MAX_DECODED_BYTES / 2**30:.1f} GiB budget. Use a smaller --image-size or "
+            "raise TRANSFERKIT_MAX_DECODED_GB if the machine has the memory."
+        )
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    ok = np.zeros(len(files), dtype=bool)
+    skipped: list[tuple[str, str]] = []
+
+    def work(index: int) -> None:
+        try:
+            out[index] = _decode_one(files[index], size)
+            ok[index] = True
+        except Exception as error:  # noqa: BLE001 - any decoder failure means "skip and count"
+            skipped.append((files[index], f"{type(error).__name__}: {error}"[:200]))
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(len(files))))
+    kept = np.flatnonzero(ok)
+    for path, reason in sorted(skipped):
+        log.warning("Skipped %s (%s)", path, reason)
+    return (out if kept.size == len(files) else out[kept]), kept, sorted(skipped)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices per class into train and validation, reproducibly.
+
+    Args:
+        labels: Integer labels.
+        fraction: Share of each class held out, in (0, 1).
+        seed: Seed of the shuffle.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted.
+
+    Raises:
+        DataError: When ``fraction`` is outside (0, 1) or a class has fewer
+            than two images (one cannot go to both sides).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"Validation split must be between 0 and 1 (exclusive), got {fraction!r}.")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if members.size < 2:
+            raise DataError(
+                f"Class index {int(label)} has {members.size} image; a validation split "
+                "needs at least 2 per class. Add images or give --val-dir."
+            )
+        members = rng.permutation(members)
+        n_val = min(max(1, int(round(fraction * members.size))), members.size - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.sort(np.asarray(train)), np.sort(np.asarray(val))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Balanced class weights: ``n / (num_classes * count)`` per class.
+
+    Args:
+        labels: Integer training labels.
+        num_classes: Number of classes.
+
+    Returns:
+        Weight per class index; absent classes get 0.
+    """
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+    total = counts.sum()
+    return {i: (float(total / (num_classes * c)) if c else 0.0) for i, c in enumerate(counts)}
+
+
+def load_image_folder(
+    train_dir: str | os.PathLike,
+    *,
+    image_size: int,
+    val_dir: str | os.PathLike | None = None,
+    val_split: float = 0.2,
+    seed: int = 0,
+) -> ImageSet:
+    """Decode a class-per-folder dataset into an :class:`ImageSet`.
+
+    Args:
+        train_dir: Training folder (one sub-folder per class).
+        image_size: Side in pixels every image is resized to.
+        val_dir: Validation folder with the same class names. When absent,
+            a stratified ``val_split`` of ``train_dir`` is held out.
+        val_split: Share held out when ``val_dir`` is absent. Defaults to 0.2.
+        seed: Seed of the split. Defaults to 0.
+
+    Returns:
+        The decoded images, labels, class names and skipped files.
+
+    Raises:
+        DataError: For a missing or malformed folder, validation classes
+            that differ from the training classes, or a class left without
+            any decodable image.
+    """
+    scan = scan_folder(train_dir)
+    images, kept, skipped = decode_images(scan.files, image_size)
+    labels = np.asarray(scan.labels, dtype=np.int32)[kept]
+    _check_classes_survive(labels, scan.class_names, skipped)
+    if val_dir is not None:
+        val_scan = scan_folder(val_dir)
+        if val_scan.class_names != scan.class_names:
+            raise DataError(
+                f"Validation folder classes {list(val_scan.class_names)} differ from training "
+                f"classes {list(scan.class_names)}; both folders need the same sub-folders."
+            )
+        x_val, val_kept, val_skipped = decode_images(val_scan.files, image_size)
+        y_val = np.asarray(val_scan.labels, dtype=np.int32)[val_kept]
+        skipped = skipped + val_skipped
+        return ImageSet(images, labels, x_val, y_val, scan.class_names, image_size,
+                        skipped, f"folder {val_scan.root}")
+    train_idx, val_idx = stratified_split(labels, val_split, seed)
+    return ImageSet(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
+                    scan.class_names, image_size, skipped, f"split {val_split} seed {seed}")
+
+
+def _check_classes_survive(labels: np.ndarray, names: Sequence[str], skipped) -> None:
+    present = set(np.unique(labels).tolist())
+    lost = [name for i, name in enumerate(names) if i not in present]
+    if lost:
+        raise DataError(
+            f"No image of class(es) {', '.join(lost)} could be decoded "
+            f"({len(skipped)} files failed, e.g. {skipped[0][0]}: {skipped[0][1]}). "
+            "Replace the corrupt files."
+        )
+
+
+def augmentation_layers(config: AugmentConfig) -> list:
+    """Keras 3 preprocessing layers for ``config`` (empty when it does nothing)."""
+    import keras
+
+    layers = []
+    if config.flip:
+        layers.append(keras.layers.RandomFlip(config.flip))
+    if config.rotation:
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect"))
+    if config.zoom:
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect"))
+    if config.contrast:
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255)))
+    return layers
+
+
+def make_dataset(
+    x,
+    y,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment: AugmentConfig | None = None,
+):
+    """A batched, prefetched ``tf.data.Dataset`` over in-memory arrays.
+
+    Args:
+        x: Inputs: ``uint8`` images or cached float features (array or
+            tuple of arrays for a cut that carries several tensors).
+        y: Labels or targets.
+        batch_size: Batch size.
+        shuffle: Reshuffle every epoch with ``seed``.
+        seed: Shuffle seed.
+        augment: Augmentation applied per batch (images only).
+
+    Returns:
+        A dataset of ``(float32 inputs, labels)`` batches.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    cast = lambda value: tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), value)  # noqa: E731
+    if augment is not None:
+        layers = augmentation_layers(augment)
+
+        def apply(images, labels):
+            images = tf.cast(images, tf.float32)
+            for layer in layers:
+                images = layer(images, training=True)
+            return images, labels
+
+        dataset = dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(lambda a, b: (cast(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,545 @@
+"""Two-stage fine-tuning: train the head on a frozen backbone, then unfreeze.
+
+``finetune`` is :func:`build_model` → :func:`train_head` → :func:`unfreeze`
+→ :func:`train_unfrozen`, each public. Two rules make stage 2 help rather
+than hurt:
+
+* **BatchNormalization stays in inference mode.** In Keras 3 a functional
+  model's ``training=True`` from ``fit`` reaches every BatchNorm layer whose
+  ``trainable`` is True (keras#20285), which then re-estimates its ImageNet
+  statistics from small batches of the new data. :func:`unfreeze` therefore
+  keeps every backbone BatchNorm layer frozen: it runs in inference mode and
+  its statistics stay those learned on ImageNet.
+* **Only the top groups move, at a low, decaying learning rate.** The
+  unfrozen groups train at a tenth of the head's rate (cosine decay), and
+  early stopping restores the best epoch.
+
+Whenever a stage trains only the layers above a frozen cut, the frozen part
+runs once per image and the rest trains on its cached outputs (the
+frozen-feature cache); the two parts share layers, so the result is the same
+model with the same weights as live training, computed faster.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.config import Recipe, recipe_to_dict
+from transferkit.data import ImageSet, class_weights, load_image_folder, make_dataset
+from transferkit.errors import RecipeError
+from transferkit.graph import LayerGroup, find_groups, split_model
+from transferkit.heads import HeadConfig, TaskSpec, build_head, task_spec
+from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone
+from transferkit.weights import WeightsSource
+
+__all__ = [
+    "TransferModel",
+    "StageResult",
+    "FineTuneResult",
+    "build_model",
+    "train_head",
+    "unfreeze",
+    "train_unfrozen",
+    "finetune",
+    "save_run",
+]
+
+log = logging.getLogger("transferkit")
+
+
+@dataclass
+class TransferModel:
+    """A backbone-plus-head Keras 3 model and what transferkit knows of it.
+
+    Attributes:
+        model: The Keras 3 model: raw RGB pixels in [0, 255] in, task
+            outputs out; backbone layers keep their Keras names, head layers
+            start with ``head_``.
+        spec: The backbone's registry entry.
+        groups: The backbone's layer groups, input to output.
+        task: Output activation, loss and metrics.
+        weights_source: Where the backbone weights came from.
+        image_size: Square input side.
+        variant: Backbone variant arguments.
+    """
+
+    model: Any
+    spec: BackboneSpec
+    groups: list[LayerGroup]
+    task: TaskSpec
+    weights_source: WeightsSource
+    image_size: int
+    variant: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    """What one training stage did.
+
+    Attributes:
+        name: ``"head"`` or ``"fine_tune"``.
+        epochs: Epochs run (early stopping may end a stage early).
+        best_epoch: 1-based epoch whose weights were kept.
+        seconds: Wall time, feature pass included.
+        feature_seconds: Time of the frozen-feature pass (0 when live).
+        feature_cache: ``"on"`` or why it was off.
+        val_accuracy: Validation accuracy after the stage (best epoch).
+        val_loss: Validation loss after the stage.
+        trainable_params: Trainable parameters during the stage.
+        learning_rate: Peak learning rate.
+        unfrozen_groups: Backbone groups that trained.
+    """
+
+    name: str
+    epochs: int
+    best_epoch: int
+    seconds: float
+    feature_seconds: float
+    feature_cache: str
+    val_accuracy: float | None
+    val_loss: float
+    trainable_params: int
+    learning_rate: float
+    unfrozen_groups: list[str]
+
+
+@dataclass
+class FineTuneResult:
+    """The outcome of :func:`finetune`.
+
+    Attributes:
+        model: The trained Keras 3 model (raw RGB pixels in [0, 255] in).
+        metrics: Everything ``metrics.json`` holds.
+        history: One row per epoch of every stage.
+        recipe: The resolved recipe.
+        output: Folder the run was saved to, if any.
+    """
+
+    model: Any
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    recipe: Recipe
+    output: str | None = None
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """Final validation accuracy."""
+        return self.metrics.get("val_accuracy")
+
+
+def build_model(
+    backbone: str | BackboneSpec,
+    *,
+    num_outputs: int,
+    image_size: int | None = None,
+    task: str = "multiclass",
+    head: HeadConfig = HeadConfig(),
+    weights: str | os.PathLike | None = "imagenet",
+    allow_download: bool = True,
+    registry: Registry = REGISTRY,
+    **variant: Any,
+) -> TransferModel:
+    """Build backbone + head as one flat Keras 3 model.
+
+    The model starts with the backbone's own preprocessing (as Keras layers),
+    so it takes raw RGB pixels; its layers are the backbone's, un-nested, so
+    it can be cut at any layer group and saved and loaded with plain Keras.
+
+    Args:
+        backbone: Registry name or spec.
+        num_outputs: Classes (multiclass), labels (multilabel), targets
+            (regression); 1 or 2 for binary.
+        image_size: Square input side. Defaults to the backbone's default.
+        task: One of :data:`transferkit.heads.TASKS`.
+        head: The head's layers.
+        weights: ``"imagenet"``, a path to an ``.h5`` file, or ``None``.
+        allow_download: Whether official weights may be downloaded.
+        registry: Where to look up ``backbone``.
+        **variant: Backbone variant arguments (``alpha=0.35``).
+
+    Returns:
+        The :class:`TransferModel`, backbone frozen, head trainable.
+
+    Raises:
+        UnknownBackboneError, RecipeError, WeightsNotFoundError,
+        WeightsMismatchError: As :func:`transferkit.load_backbone`.
+    """
+    import keras
+
+    from transferkit.backbones import add_preprocessing, build_backbone
+
+    spec = backbone if isinstance(backbone, BackboneSpec) else get_backbone(backbone, registry)
+    size = image_size or spec.default_size
+    variant = spec.resolve_variant(**variant)
+    task_info = task_spec(task, num_outputs)
+    base, source = build_backbone(
+        spec, size=size, weights=weights, allow_download=allow_download, **variant
+    )
+    groups = find_groups(base, spec.layer_groups)
+    inputs = keras.Input((size, size, 3), name="image")
+    features = base._run_through_graph(  # noqa: SLF001 - re-trace the base un-nested
+        add_preprocessing(spec.preprocessing, inputs), operation_fn=lambda op: op
+    )
+    outputs = build_head(features, head, task_info)
+    traced = keras.Model(inputs, outputs, name=f"{spec.name}_transfer")
+    # Rebuild from config so every layer has exactly one node (layer.output works).
+    model = keras.Model.from_config(traced.get_config())
+    model.set_weights(traced.get_weights())
+    transfer = TransferModel(model, spec, groups, task_info, source, size, dict(variant))
+    unfreeze(transfer, 0)
+    return transfer
+
+
+def _backbone_layer_names(transfer: TransferModel) -> list[set[str]]:
+    return [set(group.layers) for group in transfer.groups]
+
+
+def unfreeze(transfer: TransferModel, groups: int) -> str | None:
+    """Make the top ``groups`` backbone groups trainable, the rest frozen.
+
+    BatchNormalization layers of the backbone stay frozen (inference mode,
+    ImageNet statistics) whatever their group; the head is always
+    trainable. Recompile the model after calling this.
+
+    Args:
+        transfer: The model.
+        groups: How many groups, counted from the top, train; 0 freezes the
+            whole backbone.
+
+    Returns:
+        The name of the last frozen operation (the cut under which nothing
+        trains), or ``None`` when the whole backbone trains.
+
+    Raises:
+        RecipeError: When ``groups`` exceeds the number of groups.
+    """
+    import keras
+
+    total = len(transfer.groups)
+    if not 0 <= groups <= total:
+        raise RecipeError(
+            f"Cannot unfreeze {groups} groups: {transfer.spec.name} has {total} "
+            f"({', '.join(g.name for g in transfer.groups)}). Use --unfreeze 0..{total}."
+        )
+    frozen_names: set[str] = set()
+    for group in transfer.groups[: total - groups]:
+        frozen_names.update(group.layers)
+    backbone_names = set().union(*_backbone_layer_names(transfer))
+    transfer.model.trainable = True
+    for layer in transfer.model.layers:
+        if layer.name in frozen_names:
+            layer.trainable = False
+        elif layer.name in backbone_names:
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        else:
+            layer.trainable = True
+    if groups == total:
+        return None
+    return transfer.groups[total - groups - 1].end
+
+
+def _verbose(verbose: int | None) -> int:
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _predict(model, x, batch_size: int):
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    dataset = dataset.map(lambda t: tf.cast(t, tf.float32)).prefetch(tf.data.AUTOTUNE)
+    return model.predict(dataset, verbose=0)
+
+
+def _train_stage(
+    transfer: TransferModel,
+    data: ImageSet,
+    recipe: Recipe,
+    *,
+    name: str,
+    cut: str | None,
+    epochs: int,
+    learning_rate: float,
+    decay: bool,
+    unfrozen: list[str],
+    verbose: int | None,
+    history: list[dict[str, Any]],
+) -> StageResult:
+    import keras
+
+    start = time.perf_counter()
+    model = transfer.model
+    x_train, x_val = data.x_train, data.x_val
+    cache_state = "on"
+    feature_seconds = 0.0
+    if recipe.augment is not None:
+        cache_state = "off: augmentation needs live images"
+    elif not recipe.feature_cache:
+        cache_state = "off: disabled"
+    elif cut is None:
+        cache_state = "off: nothing frozen"
+    train_model = model
+    if cache_state == "on":
+        lower, train_model = split_model(model, cut)
+        t0 = time.perf_counter()
+        batch = max(64, recipe.batch_size)
+        x_train = _predict(lower, data.x_train, batch)
+        x_val = _predict(lower, data.x_val, batch)
+        if isinstance(x_train, list):
+            x_train, x_val = tuple(x_train), tuple(x_val)
+        feature_seconds = time.perf_counter() - t0
+        log.info("%s: frozen features below %s computed in %.1fs", name, cut, feature_seconds)
+
+    steps = math.ceil(len(data.y_train) / recipe.batch_size)
+    lr: Any = learning_rate
+    if decay:
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
+    train_model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=transfer.task.loss,
+        metrics=list(transfer.task.metrics),
+    )
+    train_ds = make_dataset(x_train, data.y_train, batch_size=recipe.batch_size, shuffle=True,
+                            seed=recipe.seed, augment=recipe.augment)
+    val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
+    monitor, mode = transfer.task.monitor
+    stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=recipe.patience,
+                                            restore_best_weights=True)
+    weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    fit = train_model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stopper],
+                          class_weight=weights, verbose=_verbose(verbose))
+    evaluation = train_model.evaluate(val_ds, verbose=0, return_dict=True)
+    for epoch in range(len(fit.history.get("loss", []))):
+        row = {"stage": name, "epoch": epoch + 1}
+        row.update({k: float(v[epoch]) for k, v in fit.history.items()})
+        history.append(row)
+    best = stopper.best_epoch + 1 if stopper.best_weights is not None else len(fit.history.get("loss", []))
+    accuracy = evaluation.get("accuracy", evaluation.get("binary_accuracy"))
+    return StageResult(
+        name=name,
+        epochs=len(fit.history.get("loss", [])),
+        best_epoch=int(best),
+        seconds=round(time.perf_counter() - start, 2),
+        feature_seconds=round(feature_seconds, 2),
+        feature_cache=cache_state,
+        val_accuracy=None if accuracy is None else round(float(accuracy), 4),
+        val_loss=round(float(evaluation["loss"]), 4),
+        trainable_params=trainable,
+        learning_rate=learning_rate,
+        unfrozen_groups=unfrozen,
+    )
+
+
+def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *,
+               verbose: int | None = None, history: list | None = None) -> StageResult:
+    """Stage 1: train the head on the frozen backbone.
+
+    Args:
+        transfer: The model (from :func:`build_model`).
+        data: Training and validation images.
+        recipe: ``epochs``, ``learning_rate``, ``batch_size`` ... come from here.
+        verbose: Keras verbosity; defaults to progress bars on a terminal.
+        history: List that receives one row per epoch.
+
+    Returns:
+        The stage's :class:`StageResult`.
+    """
+    cut = unfreeze(transfer, 0)
+    return _train_stage(transfer, data, recipe, name="head", cut=cut, epochs=recipe.epochs,
+                        learning_rate=recipe.learning_rate, decay=False, unfrozen=[],
+                        verbose=verbose, history=history if history is not None else [])
+
+
+def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, groups: int, *,
+                   verbose: int | None = None, history: list | None = None) -> StageResult:
+    """Stage 2: unfreeze the top ``groups`` groups and train at a low rate.
+
+    Args:
+        transfer: The model, head already trained.
+        data: Training and validation images.
+        recipe: ``fine_tune_epochs`` and ``stage2_learning_rate`` come from here.
+        groups: Backbone groups to unfreeze, from the top.
+        verbose: Keras verbosity.
+        history: List that receives one row per epoch.
+
+    Returns:
+        The stage's :class:`StageResult`.
+    """
+    cut = unfreeze(transfer, groups)
+    names = [g.name for g in transfer.groups[len(transfer.groups) - groups:]] if groups else []
+    return _train_stage(transfer, data, recipe, name="fine_tune", cut=cut,
+                        epochs=recipe.fine_tune_epochs, learning_rate=recipe.stage2_learning_rate,
+                        decay=True, unfrozen=names, verbose=verbose,
+                        history=history if history is not None else [])
+
+
+def default_unfreeze(num_groups: int) -> int:
+    """Groups unfrozen in stage 2 when the recipe does not say: 60 %, rounded."""
+    return max(1, int(round(0.6 * num_groups)))
+
+
+def finetune(
+    data: str | os.PathLike | ImageSet | None = None,
+    *,
+    recipe: Recipe | None = None,
+    output: str | os.PathLike | None = None,
+    verbose: int | None = None,
+    registry: Registry = REGISTRY,
+    **overrides: Any,
+) -> FineTuneResult:
+    """Fine-tune an ImageNet backbone on a folder of labelled images.
+
+    Args:
+        data: Class-per-folder training directory, or a decoded
+            :class:`~transferkit.data.ImageSet`. Defaults to ``recipe.data``.
+        recipe: Base settings. Defaults to :class:`~transferkit.config.Recipe`.
+        output: Folder for ``model.keras``, ``history.csv``, ``metrics.json``
+            and ``recipe.yaml``; nothing is written when absent.
+        verbose: Keras verbosity (0 silent, 1 progress bars, 2 a line per
+            epoch). Defaults to progress bars on a terminal.
+        registry: Where to look the backbone up.
+        **overrides: Any :class:`~transferkit.config.Recipe` field, e.g.
+            ``backbone="mobilenet_v2", variant={"alpha": 0.35}, epochs=5``.
+
+    Returns:
+        The :class:`FineTuneResult` with the Keras 3 model and metrics.
+
+    Raises:
+        TransferkitError: Subclasses for bad data, recipes or weights.
+
+    Example:
+        >>> result = finetune("data/", backbone="mobilenet_v2", image_size=96,
+        ...                   variant={"alpha": 0.35}, output="runs/first")
+        >>> result.val_accuracy
+    """
+    import keras
+
+    started = time.perf_counter()
+    recipe = (recipe or Recipe()).replace(**overrides)
+    if output is not None:
+        recipe = recipe.replace(output=str(output))
+    spec = get_backbone(recipe.backbone, registry)
+    size = recipe.image_size or spec.default_size
+    recipe = recipe.replace(image_size=size)
+    if isinstance(data, ImageSet):
+        images = data
+    else:
+        folder = data if data is not None else recipe.data
+        if folder is None:
+            raise RecipeError("No training data: pass a folder (transferkit finetune DATA_DIR) or set data: in the recipe.")
+        recipe = recipe.replace(data=str(folder))
+        images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir,
+                                   val_split=recipe.val_split, seed=recipe.seed)
+    if images.image_size != size:
+        raise RecipeError(f"ImageSet holds {images.image_size} px images but the recipe asks for {size} px.")
+    task = recipe.task or ("binary" if images.num_classes == 2 else "multiclass")
+
+    keras.utils.set_random_seed(recipe.seed)
+    transfer = build_model(spec, num_outputs=images.num_classes, image_size=size, task=task,
+                           head=recipe.head, weights=recipe.weights,
+                           allow_download=recipe.allow_download, **dict(recipe.variant))
+    print(f"Backbone {spec.name} {transfer.variant or ''} at {size} px; weights: "
+          f"{transfer.weights_source.describe()}", flush=True)
+    groups = recipe.unfreeze if recipe.unfreeze is not None else default_unfreeze(len(transfer.groups))
+    history: list[dict[str, Any]] = []
+    stages = []
+    if recipe.epochs > 0:
+        stages.append(train_head(transfer, images, recipe, verbose=verbose, history=history))
+    if recipe.fine_tune_epochs > 0 and groups > 0:
+        stages.append(train_unfrozen(transfer, images, recipe, groups, verbose=verbose, history=history))
+    unfreeze(transfer, groups if stages and stages[-1].name == "fine_tune" else 0)
+    transfer.model.compile(optimizer="adam", loss=transfer.task.loss, metrics=list(transfer.task.metrics))
+
+    final = stages[-1] if stages else None
+    metrics = {
+        "val_accuracy": final.val_accuracy if final else None,
+        "val_loss": final.val_loss if final else None,
+        "backbone": spec.name,
+        "variant": transfer.variant,
+        "image_size": size,
+        "task": task,
+        "num_classes": images.num_classes,
+        "class_names": list(images.class_names),
+        "train_counts": images.counts("train"),
+        "val_counts": images.counts("val"),
+        "validation": images.validation,
+        "weights_source": transfer.weights_source.describe(),
+        "weights": transfer.weights_source.to_dict(),
+        "skipped_images": len(images.skipped),
+        "skipped_files": [{"path": p, "reason": r} for p, r in images.skipped[:50]],
+        "unfreeze_groups": groups,
+        "layer_groups": [g.name for g in transfer.groups],
+        "stages": [asdict(s) for s in stages],
+        "seconds_total": None,
+        "seed": recipe.seed,
+        "versions": _versions(),
+    }
+    metrics["seconds_total"] = round(time.perf_counter() - started, 2)
+    result = FineTuneResult(transfer.model, metrics, history, recipe)
+    if recipe.output:
+        save_run(result, recipe.output)
+        result.output = recipe.output
+    return result
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    import transferkit
+
+    return {"transferkit": transferkit.__version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "python": platform.python_version()}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_run(result: FineTuneResult, output: str | os.PathLike) -> Path:
+    """Write a run's files atomically: each appears whole or not at all.
+
+    Args:
+        result: The run.
+        output: Folder to write into (created if needed).
+
+    Returns:
+        The folder.
+    """
+    import yaml
+
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_model = folder / f".model.{os.getpid()}.keras"
+    try:
+        result.model.save(tmp_model)
+        os.replace(tmp_model, folder / "model.keras")
+    finally:
+        if tmp_model.exists():
+            tmp_model.unlink()
+    buffer = io.StringIO()
+    columns = ["stage", "epoch"] + sorted({k for row in result.history for k in row} - {"stage", "epoch"})
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(result.history)
+    _atomic_write(folder / "history.csv", buffer.getvalue())
+    _atomic_write(folder / "recipe.yaml", yaml.safe_dump(recipe_to_dict(result.recipe), sort_keys=False))
+    _atomic_write(folder / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+    return folder
