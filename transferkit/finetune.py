@@ -321,7 +321,7 @@ def _train_stage(
                                             restore_best_weights=True)
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    fit = train_model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stopper],
+    fit = train_model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stopper], shuffle=False,
                           class_weight=weights, verbose=_verbose(verbose))
     evaluation = train_model.evaluate(val_ds, verbose=0, return_dict=True)
     for epoch in range(len(fit.history.get("loss", []))):

@@ -441,7 +441,6 @@ _SPECS: tuple[BackboneSpec, ...] = (
         weights_url_no_top=_KERAS_APPS + "mobilenet_v2/{file}",
         weight_sizes=(96, 128, 160, 192, 224),
         variants=(("alpha", (1.0, 0.35, 0.5, 0.75, 1.3, 1.4)),),
-        hub_handle="https://tfhub.dev/google/imagenet/mobilenet_v2_{alpha_hub}_224/feature_vector/5",
         paper="Sandler et al. 2018, MobileNetV2",
     ),
     _mobilenet_v3("small", 11),

@@ -1,0 +1,27 @@
+# Two set-up commands, both from a fresh clone: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+# Offline assets (real ImageNet weights, datasets) live beside the project.
+ifneq ($(wildcard ../shared/assets),)
+export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
+endif
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/transferkit finetune --demo --output runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

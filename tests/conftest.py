@@ -1,0 +1,43 @@
+"""Shared fixtures: the offline assets folder and small real datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# One configurable location: $TRANSFERKIT_ASSETS, defaulting to ../shared/assets.
+os.environ.setdefault("TRANSFERKIT_ASSETS", str((ROOT / ".." / "shared" / "assets").resolve()))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The assets folder, or a skip naming what is missing."""
+    path = Path(os.environ["TRANSFERKIT_ASSETS"])
+    if not (path / "weights").is_dir():
+        pytest.skip(f"real-weights test: TRANSFERKIT_ASSETS={path} has no weights/ folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2_h5(assets) -> Path:
+    return assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+
+@pytest.fixture(scope="session")
+def sign_digits(assets) -> Path:
+    path = assets / "datasets" / "sign-language-digits"
+    if not path.is_dir():
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+@pytest.fixture()
+def isolated_weights(tmp_path, monkeypatch):
+    """No assets, an empty Keras cache: nothing can serve weights."""
+    monkeypatch.delenv("TRANSFERKIT_ASSETS", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return tmp_path

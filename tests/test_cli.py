@@ -1,0 +1,64 @@
+"""The command line, run as a user runs it."""
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from transferkit.cli import main
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "transferkit", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_answers_fast_without_tensorflow():
+    start = time.perf_counter()
+    done = _run("--help")
+    assert done.returncode == 0 and "finetune" in done.stdout
+    assert time.perf_counter() - start < 1.0
+    code = "import sys; from transferkit.cli import main; main(['backbones']); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "mobilenet_v2" in out.stdout and out.stdout.strip().endswith("False")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["finetune", "/no/such/folder", "--output", "x"], "does not exist"),
+        (["finetune", "--demo", "somewhere"], "either DATA_DIR or --demo"),
+        (["finetune", "--backbone", "resnet5", "--output", "x", "."], "Did you mean"),
+        (["predict", "/no/such/run", "a.jpg"], "not a transferkit run folder"),
+    ],
+)
+def test_bad_input_prints_one_paragraph_and_exits_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0
+
+
+def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
+    data = tmp_path / "digits"
+    for digit in ("3", "7"):
+        (data / digit).mkdir(parents=True)
+        for path in sorted((sign_digits / digit).iterdir())[:12]:
+            shutil.copy(path, data / digit / path.name)
+    out = tmp_path / "run"
+    done = _run("finetune", str(data), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32",
+                "--epochs", "1", "--fine-tune-epochs", "1", "--unfreeze", "2", "--batch-size", "8",
+                "--output", str(out), "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "weights:" in done.stdout and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in done.stdout
+    assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+    image = sorted((data / "7").iterdir())[0]
+    shown = _run("predict", str(out), str(image), "--top", "2")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    line = shown.stdout.strip().splitlines()[-1]
+    assert line.startswith(str(image)) and ("3 " in line and "7 " in line)

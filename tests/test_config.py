@@ -1,0 +1,47 @@
+import pytest
+
+from transferkit.config import DEMO_RECIPE, Recipe, load_recipe, recipe_to_dict
+from transferkit.errors import RecipeError
+
+
+def test_recipe_yaml_round_trip_and_relative_paths(tmp_path):
+    (tmp_path / "r.yaml").write_text(
+        "data: images\nbackbone: mobilenet_v2\nvariant: {alpha: 0.35}\nimage_size: 96\n"
+        "epochs: 3\nhead: {dense: [64], dropout: 0.3}\naugment: {flip: ''}\n"
+    )
+    recipe = load_recipe(tmp_path / "r.yaml", epochs=5, seed=None)
+    assert recipe.data == str(tmp_path / "images")
+    assert recipe.epochs == 5 and recipe.seed == 0
+    assert recipe.head.dense == (64,) and recipe.augment.flip == ""
+    assert recipe_to_dict(recipe)["head"]["dense"] == [64]
+
+
+def test_unknown_key_is_named_with_its_path(tmp_path):
+    (tmp_path / "r.yaml").write_text("epoch: 3\n")
+    with pytest.raises(RecipeError, match=r"Unknown recipe key 'epoch'.*Did you mean epochs"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "h.yaml").write_text("head: {units: 3}\n")
+    with pytest.raises(RecipeError, match=r"head\.units"):
+        load_recipe(tmp_path / "h.yaml")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("epochs", -1), ("batch_size", 0), ("learning_rate", 0), ("val_split", 1.5), ("task", "regression"),
+     ("image_size", "big")],
+)
+def test_bad_values_are_rejected(field, value):
+    with pytest.raises(RecipeError, match=field):
+        Recipe(**{field: value})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("epochs: [1,\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_stage2_rate_is_ten_times_lower_by_default():
+    assert DEMO_RECIPE.stage2_learning_rate == pytest.approx(DEMO_RECIPE.learning_rate / 10)

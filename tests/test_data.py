@@ -1,0 +1,110 @@
+"""Image folders: decoding every common mode, skips counted, bad folders refused."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferkit.data import (class_weights, decode_images, load_image_folder, scan_folder,
+                              stratified_split)
+from transferkit.errors import DataError
+
+
+def _write(path, mode, size=(40, 30), fmt=None, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = {"L": 128, "RGB": (200, 10, 10), "RGBA": (10, 200, 10, 128), "CMYK": (0, 255, 255, 0),
+              "I;16": 40000}.get(mode)
+    image = Image.new(mode if mode != "P" else "RGB", size, colour)
+    if mode == "P":
+        image = image.convert("P")
+    image.save(path, format=fmt, **kwargs)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "data"
+    _write(root / "a" / "rgb.jpg", "RGB")
+    _write(root / "a" / "grey.png", "L")
+    _write(root / "a" / "rgba.png", "RGBA")
+    _write(root / "a" / "deep.png", "I;16")
+    _write(root / "b" / "palette.gif", "P")
+    _write(root / "b" / "cmyk.jpg", "CMYK")
+    _write(root / "b" / "big.JPEG", "RGB", size=(1200, 900))
+    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "b" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_scan_lists_images_by_class(folder):
+    scan = scan_folder(folder)
+    assert scan.class_names == ("a", "b")
+    assert scan.counts == {"a": 4, "b": 4}
+    assert [p.endswith("notes.txt") for p in scan.ignored] == [True]
+
+
+def test_every_mode_decodes_and_corrupt_files_are_counted(folder):
+    scan = scan_folder(folder)
+    images, kept, skipped = decode_images(scan.files, 32)
+    assert images.shape == (7, 32, 32, 3) and images.dtype == np.uint8
+    assert len(kept) == 7
+    assert len(skipped) == 1 and skipped[0][0].endswith("broken.jpg")
+    by_name = {scan.files[i].rsplit("/", 1)[-1]: images[k] for k, i in enumerate(kept)}
+    assert by_name["rgb.jpg"][16, 16].astype(int).tolist() == pytest.approx([200, 10, 10], abs=4)
+    assert len(set(by_name["grey.png"][16, 16])) == 1  # grey becomes equal RGB channels
+    assert by_name["rgba.png"][16, 16, 1] > by_name["rgba.png"][16, 16, 0]  # composited on white
+
+
+def test_load_folder_with_val_dir_and_split(folder, tmp_path):
+    images = load_image_folder(folder, image_size=32, val_split=0.25, seed=1)
+    assert len(images.y_train) + len(images.y_val) == 7 and len(images.skipped) == 1
+    again = load_image_folder(folder, image_size=32, val_split=0.25, seed=1)
+    np.testing.assert_array_equal(images.y_val, again.y_val)
+    other = tmp_path / "other"
+    _write(other / "a" / "x.jpg", "RGB")
+    _write(other / "c" / "x.jpg", "RGB")
+    with pytest.raises(DataError, match="differ from training classes"):
+        load_image_folder(folder, image_size=32, val_dir=other)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*one sub-folder of images per class"):
+        scan_folder(tmp_path / "nowhere")
+
+
+def test_one_class_is_refused(tmp_path):
+    _write(tmp_path / "only" / "x.jpg", "RGB")
+    with pytest.raises(DataError, match="only 'only'.*at least 2"):
+        scan_folder(tmp_path)
+
+
+def test_loose_images_without_classes_are_refused(tmp_path):
+    _write(tmp_path / "x.jpg", "RGB")
+    with pytest.raises(DataError, match="no class sub-folders and 1 loose images"):
+        scan_folder(tmp_path)
+
+
+def test_class_without_images_is_refused(tmp_path):
+    _write(tmp_path / "a" / "x.jpg", "RGB")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "readme.md").write_text("empty")
+    with pytest.raises(DataError, match=r"Class folder\(s\) b .* hold no images"):
+        scan_folder(tmp_path)
+
+
+def test_class_whose_every_file_is_corrupt_is_refused(tmp_path):
+    _write(tmp_path / "a" / "x.jpg", "RGB")
+    _write(tmp_path / "a" / "y.jpg", "RGB")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="No image of class\\(es\\) b could be decoded"):
+        load_image_folder(tmp_path, image_size=32)
+
+
+def test_stratified_split_and_class_weights():
+    labels = np.array([0] * 10 + [1] * 30)
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert sorted(np.bincount(labels[val]).tolist()) == [2, 6]
+    assert set(train).isdisjoint(val) and len(train) + len(val) == 40
+    weights = class_weights(labels, 2)
+    assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(40 / 60)
+    with pytest.raises(DataError, match="at least 2 per class"):
+        stratified_split(np.array([0, 1, 1]), 0.5, 0)

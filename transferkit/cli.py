@@ -1,0 +1,194 @@
+"""The ``transferkit`` command line.
+
+Each subcommand is a short function: parse flags, build a recipe, call the
+library. TensorFlow is imported only inside the commands that train or
+predict, so ``transferkit --help`` and ``transferkit backbones`` answer fast.
+Known errors print one paragraph and exit 2; ``--debug`` (or
+``TRANSFERKIT_DEBUG=1``) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from transferkit.errors import TransferkitError
+
+__all__ = ["main"]
+
+FINETUNE_EXAMPLES = """examples:
+  transferkit finetune --demo
+  transferkit finetune data/flowers --backbone mobilenet_v2 --alpha 0.35 --image-size 96 --output runs/flowers
+  transferkit finetune data/train --val-dir data/val --backbone efficientnet_b0 --epochs 5 --output runs/b0
+  transferkit finetune --recipe recipes/sign_digits.yaml --fine-tune-epochs 5
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from transferkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="transferkit",
+        description="Explicit, measured, reproducible transfer learning for Keras 3.",
+    )
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    listing = commands.add_parser("backbones", help="list the registry's ImageNet backbones")
+    listing.add_argument("--family", help="only this family (e.g. EfficientNet)")
+
+    tune = commands.add_parser(
+        "finetune", help="fine-tune a backbone on a folder of labelled images",
+        description="Stage 1 trains a head on the frozen backbone; stage 2 unfreezes the top "
+        "layer groups at a lower learning rate with BatchNorm kept in inference mode.",
+        epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class")
+    tune.add_argument("--demo", action="store_true",
+                      help="built-in default: MobileNetV2 alpha 0.35, 96 px, sign-language digits")
+    tune.add_argument("--recipe", help="YAML recipe; its keys are these flags' names (flags win)")
+    tune.add_argument("--backbone", help="registry name (see `transferkit backbones`)")
+    tune.add_argument("--alpha", type=float, help="width multiplier of MobileNet backbones")
+    tune.add_argument("--weights", help="'imagenet' (default: search assets, Keras cache, download) or an .h5 path")
+    tune.add_argument("--image-size", type=int, help="square input side in pixels")
+    validation = tune.add_mutually_exclusive_group()
+    validation.add_argument("--val-dir", help="validation folder with the same class sub-folders")
+    validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
+    tune.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
+    tune.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (0 skips stage 2)")
+    tune.add_argument("--unfreeze", type=int, help="layer groups unfrozen in stage 2, from the top")
+    tune.add_argument("--learning-rate", type=float, help="stage 1 learning rate")
+    tune.add_argument("--fine-tune-learning-rate", type=float, help="stage 2 peak learning rate")
+    tune.add_argument("--batch-size", type=int, help="batch size")
+    tune.add_argument("--seed", type=int, help="seed of split, shuffling and initialisation")
+    tune.add_argument("--augment", action="store_true", help="random flip/rotation/zoom/contrast")
+    tune.add_argument("--no-feature-cache", action="store_true", help="always run the frozen layers live")
+    tune.add_argument("--offline", action="store_true", help="never download weights or data")
+    tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
+    tune.add_argument("-q", "--quiet", action="store_true", help="one line per epoch, no progress bars")
+
+    guess = commands.add_parser("predict", help="top classes of images with a finetune run's model")
+    guess.add_argument("model_dir", help="output folder of `transferkit finetune`")
+    guess.add_argument("images", nargs="+", help="image files")
+    guess.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    return parser
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from transferkit.registry import REGISTRY
+
+    rows = [("name", "family", "size", "preprocess", "groups", "variants")]
+    for spec in REGISTRY.values():
+        if args.family and spec.family.lower() != args.family.lower():
+            continue
+        variants = " ".join(f"{arg}={'/'.join(str(v) for v in values)}" for arg, values in spec.variants)
+        rows.append((spec.name, spec.family, str(spec.default_size), spec.preprocessing,
+                     str(len(spec.layer_groups)), variants or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"\n{len(rows) - 1} backbones. Groups are the cut points of --unfreeze; "
+          "weights load from --weights, $TRANSFERKIT_ASSETS/weights, the Keras cache or a download.")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
+    from transferkit.data import AugmentConfig
+    from transferkit.errors import RecipeError
+
+    if args.demo and args.data:
+        raise RecipeError("Give either DATA_DIR or --demo, not both.")
+    base = DEMO_RECIPE if args.demo else Recipe()
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        if args.demo:
+            raise RecipeError("Give either --recipe or --demo, not both.")
+    else:
+        recipe = base
+    variant = dict(recipe.variant)
+    if args.alpha is not None:
+        variant["alpha"] = args.alpha
+    recipe = recipe.replace(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        val_dir=args.val_dir, val_split=args.val_split, epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs, unfreeze=args.unfreeze,
+        learning_rate=args.learning_rate, fine_tune_learning_rate=args.fine_tune_learning_rate,
+        batch_size=args.batch_size, seed=args.seed, output=args.output, variant=variant,
+        augment=AugmentConfig() if args.augment else None,
+        feature_cache=False if args.no_feature_cache else None,
+        allow_download=False if args.offline else None,
+    )
+    data = args.data or recipe.data
+    if args.demo:
+        from transferkit.demo import demo_dataset_dir
+
+        data = str(demo_dataset_dir(allow_download=recipe.allow_download))
+        recipe = recipe.replace(output=recipe.output or os.path.join("runs", "demo"))
+    if data is None:
+        raise RecipeError(
+            "No training data. Give DATA_DIR (one sub-folder of images per class), "
+            "--recipe FILE with data:, or --demo."
+        )
+    if recipe.output is None:
+        raise RecipeError("Give --output DIR: the run folder that receives model.keras and metrics.json.")
+
+    from transferkit.finetune import finetune
+
+    result = finetune(data, recipe=recipe, verbose=2 if args.quiet else None)
+    metrics = result.metrics
+    for stage in metrics["stages"]:
+        print(f"stage {stage['name']}: {stage['epochs']} epochs (best {stage['best_epoch']}), "
+              f"{stage['seconds']:.1f}s, val_accuracy {stage['val_accuracy']}, "
+              f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
+    print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
+          f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
+    print(f"wrote {os.path.join(result.output, 'model.keras')}, metrics.json, history.csv, recipe.yaml")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from transferkit.predict import predict
+
+    for prediction in predict(args.model_dir, args.images, top=args.top):
+        ranked = ", ".join(f"{name} {prob:.3f}" for name, prob in prediction.top)
+        print(f"{prediction.path}: {ranked}")
+    return 0
+
+
+_COMMANDS = {"backbones": _cmd_backbones, "finetune": _cmd_finetune, "predict": _cmd_predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status.
+
+    Args:
+        argv: Arguments without the program name. Defaults to ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 2 on a known error (printed as one paragraph).
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    debug = args.debug or os.environ.get("TRANSFERKIT_DEBUG") == "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process's C++ log noise only
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("transferkit").setLevel(logging.INFO)
+    try:
+        return _COMMANDS[args.command](args)
+    except TransferkitError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
