@@ -45,3 +45,14 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_stage2_rate_is_ten_times_lower_by_default():
     assert DEMO_RECIPE.stage2_learning_rate == pytest.approx(DEMO_RECIPE.learning_rate / 10)
+
+
+def test_shipped_recipe_matches_the_demo(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    monkeypatch.setenv("TRANSFERKIT_ASSETS", str(tmp_path))
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "sign_digits.yaml")
+    assert recipe.data == str(tmp_path / "datasets" / "sign-language-digits")
+    for key in ("backbone", "variant", "image_size", "epochs", "learning_rate", "fine_tune_epochs", "unfreeze",
+                "seed", "head"):
+        assert getattr(recipe, key) == getattr(DEMO_RECIPE, key), key

@@ -108,3 +108,18 @@ def test_stratified_split_and_class_weights():
     assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(40 / 60)
     with pytest.raises(DataError, match="at least 2 per class"):
         stratified_split(np.array([0, 1, 1]), 0.5, 0)
+
+
+def test_make_dataset_batches_casts_and_augments():
+    from transferkit.data import AugmentConfig, make_dataset
+
+    x = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(10)
+    plain = list(make_dataset(x, y, batch_size=4))
+    assert [b[0].shape[0] for b in plain] == [4, 4, 2] and plain[0][0].dtype.name == "float32"
+    np.testing.assert_array_equal(plain[0][0].numpy(), x[:4].astype("float32"))
+    shuffled = np.concatenate([b[1].numpy() for b in make_dataset(x, y, batch_size=4, shuffle=True, seed=1)])
+    assert sorted(shuffled.tolist()) == list(range(10)) and shuffled.tolist() != list(range(10))
+    augmented = next(iter(make_dataset(x, y, batch_size=10, augment=AugmentConfig(flip="horizontal_and_vertical"))))
+    assert augmented[0].shape == (10, 16, 16, 3)
+    assert not np.allclose(augmented[0].numpy(), x.astype("float32"))

@@ -376,6 +376,11 @@ _RESNET = {  # name: (constructor, stages, top md5, no-top md5)
     "resnet152v2": ("ResNet152V2", (3, 8, 36, 3), "a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
 }
 
+_VGG = {  # depth: (top md5, no-top md5)
+    16: ("64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc"),
+    19: ("cbe5617147190e668d6c5d5026f83318", "253f8cb515780f3b799900260a226db6"),
+}
+
 _DENSENET = {  # depth: (top md5, no-top md5)
     121: ("9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738"),
     169: ("d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b"),
@@ -477,21 +482,14 @@ _SPECS: tuple[BackboneSpec, ...] = (
         )
         for name, (constructor, stages, top, no_top) in _RESNET.items()
     ),
-    _file_spec(
-        "vgg16", "VGG", "VGG16", "vgg16", 224, "caffe", _blocks("block", 5),
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _KERAS_APPS + "vgg16/",
-        top_hash="64373286793e3c8b2b4e3219cbf3544b",
-        no_top_hash="6d6bbae143d832006294945121d1f1fc",
-        paper="Simonyan & Zisserman 2015, VGG",
-    ),
-    _file_spec(
-        "vgg19", "VGG", "VGG19", "vgg19", 224, "caffe", _blocks("block", 5),
-        "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", _KERAS_APPS + "vgg19/",
-        top_hash="cbe5617147190e668d6c5d5026f83318",
-        no_top_hash="253f8cb515780f3b799900260a226db6",
-        paper="Simonyan & Zisserman 2015, VGG",
+    *(
+        _file_spec(
+            f"vgg{depth}", "VGG", f"VGG{depth}", f"vgg{depth}", 224, "caffe", _blocks("block", 5),
+            f"vgg{depth}_weights_tf_dim_ordering_tf_kernels.h5",
+            f"vgg{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5", _KERAS_APPS + f"vgg{depth}/",
+            top_hash=top, no_top_hash=no_top, paper="Simonyan & Zisserman 2015, VGG",
+        )
+        for depth, (top, no_top) in _VGG.items()
     ),
     _file_spec(
         "inception_v3", "Inception", "InceptionV3", "inception_v3", 299, "tf",
