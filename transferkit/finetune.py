@@ -453,8 +453,8 @@ def finetune(
     transfer = build_model(spec, num_outputs=images.num_classes, image_size=size, task=task,
                            head=recipe.head, weights=recipe.weights,
                            allow_download=recipe.allow_download, **dict(recipe.variant))
-    print(f"Backbone {spec.name} {transfer.variant or ''} at {size} px; weights: "
-          f"{transfer.weights_source.describe()}", flush=True)
+    log.info("Backbone %s %s at %d px; %d layer groups: %s", spec.name, transfer.variant or "", size,
+             len(transfer.groups), ", ".join(g.name for g in transfer.groups))
     groups = recipe.unfreeze if recipe.unfreeze is not None else default_unfreeze(len(transfer.groups))
     history: list[dict[str, Any]] = []
     stages = []
