@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, help="batch size")
     tune.add_argument("--seed", type=int, help="seed of split, shuffling and initialisation")
     tune.add_argument("--augment", action="store_true", help="random flip/rotation/zoom/contrast")
+    tune.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency")
     tune.add_argument("--no-feature-cache", action="store_true", help="always run the frozen layers live")
     tune.add_argument("--offline", action="store_true", help="never download weights or data")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
@@ -121,6 +122,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, output=args.output, variant=variant,
         augment=AugmentConfig() if args.augment else None,
         feature_cache=False if args.no_feature_cache else None,
+        class_weight=True if args.class_weight else None,
         allow_download=False if args.offline else None,
     )
     data = args.data or recipe.data
@@ -183,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("transferkit").setLevel(logging.INFO)
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0
     except TransferkitError as error:
         if debug:
             raise
