@@ -104,13 +104,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     if args.demo and args.data:
         raise RecipeError("Give either DATA_DIR or --demo, not both.")
-    base = DEMO_RECIPE if args.demo else Recipe()
-    if args.recipe:
-        recipe = load_recipe(args.recipe)
-        if args.demo:
-            raise RecipeError("Give either --recipe or --demo, not both.")
-    else:
-        recipe = base
+    if args.demo and args.recipe:
+        raise RecipeError("Give either --recipe or --demo, not both.")
+    recipe = load_recipe(args.recipe) if args.recipe else DEMO_RECIPE if args.demo else Recipe()
     variant = dict(recipe.variant)
     if args.alpha is not None:
         variant["alpha"] = args.alpha
@@ -131,11 +127,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
         data = str(demo_dataset_dir(allow_download=recipe.allow_download))
         recipe = recipe.replace(output=recipe.output or os.path.join("runs", "demo"))
-    if data is None:
-        raise RecipeError(
-            "No training data. Give DATA_DIR (one sub-folder of images per class), "
-            "--recipe FILE with data:, or --demo."
-        )
     if recipe.output is None:
         raise RecipeError("Give --output DIR: the run folder that receives model.keras and metrics.json.")
 

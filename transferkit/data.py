@@ -28,6 +28,7 @@ __all__ = [
     "ImageSet",
     "AugmentConfig",
     "scan_folder",
+    "decode_image",
     "decode_images",
     "stratified_split",
     "class_weights",
@@ -39,8 +40,8 @@ log = logging.getLogger("transferkit")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-#: Decoded training data above this many bytes is refused with advice.
-MAX_DECODED_BYTES = int(float(os.environ.get("TRANSFERKIT_MAX_DECODED_GB", "8")) * 2**30)
+#: Environment variable: GiB of decoded images allowed in memory (default 8).
+MAX_DECODED_ENV = "TRANSFERKIT_MAX_DECODED_GB"
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,19 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
     return FolderScan(str(path), tuple(classes), tuple(files), tuple(labels), tuple(ignored))
 
 
-def _decode_one(path: str, size: int) -> np.ndarray:
+def decode_image(path: str, size: int) -> np.ndarray:
+    """Decode one image file to a ``uint8`` ``(size, size, 3)`` RGB array.
+
+    Args:
+        path: Image file.
+        size: Output side in pixels.
+
+    Returns:
+        The resized RGB pixels.
+
+    Raises:
+        OSError, ValueError: From Pillow, for a file it cannot decode.
+    """
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
@@ -216,10 +229,11 @@ def decode_images(
             (``TRANSFERKIT_MAX_DECODED_GB``, default 8).
     """
     needed = len(files) * size * size * 3
-    if needed > MAX_DECODED_BYTES:
+    budget = int(float(os.environ.get(MAX_DECODED_ENV, "8")) * 2**30)
+    if needed > budget:
         raise DataError(
             f"{len(files)} images at {size} px need {needed / 2**30:.1f} GiB decoded, above "
-            f"the {MAX_DECODED_BYTES / 2**30:.1f} GiB budget. Use a smaller --image-size or "
+            f"the {budget / 2**30:.1f} GiB budget. Use a smaller --image-size or "
             "raise TRANSFERKIT_MAX_DECODED_GB if the machine has the memory."
         )
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
@@ -228,7 +242,7 @@ def decode_images(
 
     def work(index: int) -> None:
         try:
-            out[index] = _decode_one(files[index], size)
+            out[index] = decode_image(files[index], size)
             ok[index] = True
         except Exception as error:  # noqa: BLE001 - any decoder failure means "skip and count"
             skipped.append((files[index], f"{type(error).__name__}: {error}"[:200]))

@@ -203,10 +203,6 @@ def build_model(
     return transfer
 
 
-def _backbone_layer_names(transfer: TransferModel) -> list[set[str]]:
-    return [set(group.layers) for group in transfer.groups]
-
-
 def unfreeze(transfer: TransferModel, groups: int) -> str | None:
     """Make the top ``groups`` backbone groups trainable, the rest frozen.
 
@@ -237,7 +233,7 @@ def unfreeze(transfer: TransferModel, groups: int) -> str | None:
     frozen_names: set[str] = set()
     for group in transfer.groups[: total - groups]:
         frozen_names.update(group.layers)
-    backbone_names = set().union(*_backbone_layer_names(transfer))
+    backbone_names = {name for group in transfer.groups for name in group.layers}
     transfer.model.trainable = True
     for layer in transfer.model.layers:
         if layer.name in frozen_names:
@@ -441,7 +437,10 @@ def finetune(
     else:
         folder = data if data is not None else recipe.data
         if folder is None:
-            raise RecipeError("No training data: pass a folder (transferkit finetune DATA_DIR) or set data: in the recipe.")
+            raise RecipeError(
+                "No training data. Give a folder with one sub-folder of images per class "
+                "(transferkit finetune DATA_DIR), data: in the recipe, or --demo."
+            )
         recipe = recipe.replace(data=str(folder))
         images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir,
                                    val_split=recipe.val_split, seed=recipe.seed)

@@ -69,7 +69,7 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
         ModelDirError: For a folder that is not a run folder.
         DataError: For an image that cannot be read, naming it.
     """
-    from transferkit.data import _decode_one
+    from transferkit.data import decode_image
 
     model, metrics = load_run(model_dir)
     size = int(metrics["image_size"])
@@ -77,7 +77,7 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
     batch = []
     for path in images:
         try:
-            batch.append(_decode_one(str(path), size))
+            batch.append(decode_image(str(path), size))
         except Exception as error:  # noqa: BLE001 - any decoder failure is the user's file
             raise DataError(f"Cannot read image {str(path)!r}: {type(error).__name__}: {error}") from None
     probabilities = model.predict(np.stack(batch).astype(np.float32), verbose=0)
