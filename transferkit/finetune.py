@@ -423,8 +423,6 @@ def finetune(
         ...                   variant={"alpha": 0.35}, output="runs/first")
         >>> result.val_accuracy
     """
-    import keras
-
     started = time.perf_counter()
     recipe = (recipe or Recipe()).replace(**overrides)
     if output is not None:
@@ -447,6 +445,8 @@ def finetune(
     if images.image_size != size:
         raise RecipeError(f"ImageSet holds {images.image_size} px images but the recipe asks for {size} px.")
     task = recipe.task or ("binary" if images.num_classes == 2 else "multiclass")
+
+    import keras  # after the inputs are checked: bad input fails fast, without TensorFlow
 
     keras.utils.set_random_seed(recipe.seed)
     transfer = build_model(spec, num_outputs=images.num_classes, image_size=size, task=task,
