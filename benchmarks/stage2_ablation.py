@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def keras_io(images, weights: str, freeze_bn: bool, seed: int = 0) -> dict:

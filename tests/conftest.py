@@ -35,6 +35,14 @@ def sign_digits(assets) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def cifar_small(assets) -> Path:
+    path = assets / "datasets" / "cifar10-small"
+    if not path.is_dir():
+        pytest.skip(f"{path} is missing")
+    return path
+
+
 @pytest.fixture()
 def isolated_weights(tmp_path, monkeypatch):
     """No assets, an empty Keras cache: nothing can serve weights."""

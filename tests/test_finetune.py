@@ -1,5 +1,6 @@
 """Two-stage fine-tuning on a small slice of real data with real weights."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,7 +25,7 @@ def tiny(sign_digits):
 
 def _recipe(h5, **overrides):
     base = Recipe(backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(h5),
-                  epochs=2, fine_tune_epochs=2, unfreeze=3, batch_size=8, seed=3)
+                  epochs=2, fine_tune_epochs=2, unfreeze=3, batch_size=8, seed=3, plan="none")
     return base.replace(**overrides)
 
 
@@ -43,14 +44,16 @@ def test_feature_cache_gives_the_same_model_as_live_training(tiny, mobilenet_v2_
 def test_stage2_trains_top_groups_and_keeps_batchnorm_statistics(tiny, mobilenet_v2_h5):
     import keras
 
-    from transferkit.finetune import finetune
+    from transferkit.finetune import build_model, train_head, train_unfrozen
 
     reference = keras.applications.MobileNetV2(input_shape=(48, 48, 3), alpha=0.35,
                                                 include_top=False, weights=None)
     reference.load_weights(str(mobilenet_v2_h5))
-    result = finetune(tiny, recipe=_recipe(mobilenet_v2_h5, fine_tune_learning_rate=1e-3), verbose=0)
-    model = result.model
-    assert result.metrics["stages"][1]["unfrozen_groups"] == ["block_15", "block_16", "top"]
+    recipe = _recipe(mobilenet_v2_h5, fine_tune_learning_rate=1e-3)
+    transfer = build_model("mobilenet_v2", num_outputs=3, image_size=48, weights=str(mobilenet_v2_h5), alpha=0.35)
+    stages = [train_head(transfer, tiny, recipe, verbose=0), train_unfrozen(transfer, tiny, recipe, 3, verbose=0)]
+    model = transfer.model
+    assert stages[1].unfrozen_groups == ["block_15", "block_16", "top"]
     for layer in reference.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             for ours, theirs in zip(model.get_layer(layer.name).get_weights(), layer.get_weights()):
@@ -59,8 +62,7 @@ def test_stage2_trains_top_groups_and_keeps_batchnorm_statistics(tiny, mobilenet
     assert not np.allclose(moved, reference.get_layer("block_16_project").get_weights()[0])
     frozen = model.get_layer("block_14_project").get_weights()[0]
     np.testing.assert_array_equal(frozen, reference.get_layer("block_14_project").get_weights()[0])
-    stages = result.metrics["stages"]
-    assert stages[1]["trainable_params"] > stages[0]["trainable_params"]
+    assert stages[1].trainable_params > stages[0].trainable_params
 
 
 def test_run_folder_is_complete_and_loads_in_plain_keras(tiny, mobilenet_v2_h5, tmp_path):
@@ -85,5 +87,84 @@ def test_run_folder_is_complete_and_loads_in_plain_keras(tiny, mobilenet_v2_h5, 
 def test_unfreezing_more_groups_than_exist_is_an_error(tiny, mobilenet_v2_h5):
     from transferkit.finetune import finetune
 
-    with pytest.raises(RecipeError, match="Cannot unfreeze 40 groups: mobilenet_v2 has 19"):
+    with pytest.raises(RecipeError, match="unfreeze must be between 0 and 19"):
         finetune(tiny, recipe=_recipe(mobilenet_v2_h5, epochs=0, unfreeze=40), verbose=0)
+
+
+def test_plan_small_different_cuts_the_backbone_and_the_model_still_saves(tiny, mobilenet_v2_h5, tmp_path):
+    import keras
+
+    from transferkit.finetune import finetune
+
+    recipe = dataclasses.replace(_recipe(mobilenet_v2_h5, plan="auto", similarity="different"), unfreeze=None)
+    result = finetune(tiny, recipe=recipe, output=tmp_path / "run", verbose=0)
+    plan = result.metrics["plan"]
+    assert plan["quadrant"] == "small+different"  # 12 images per class, declared different
+    assert plan["cut"] and plan["dropped"]
+    assert result.metrics["layer_groups"][-1] == plan["cut"]
+    assert "Conv_1" not in [layer.name for layer in result.model.layers]  # the top group is gone
+    assert plan["augment"] == "strong" and result.metrics["stages"][0]["augment"] == "on"
+    assert "Small and different" in plan["explanation"]
+    loaded = keras.models.load_model(tmp_path / "run" / "model.keras")
+    x = tiny.x_val[:3].astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_plan_small_similar_trains_the_head_only(tiny, mobilenet_v2_h5):
+    from transferkit.finetune import finetune
+
+    recipe = dataclasses.replace(_recipe(mobilenet_v2_h5, plan="auto", similarity="similar"), unfreeze=None)
+    result = finetune(tiny, recipe=recipe, verbose=0)
+    assert result.metrics["plan"]["quadrant"] == "small+similar"
+    assert [s["name"] for s in result.metrics["stages"]] == ["head"]
+    assert result.metrics["stages"][0]["epochs"] <= 4  # the whole 2 + 2 epoch budget
+    assert result.metrics["plan"]["epochs"] == 4
+
+
+def test_explicit_settings_override_the_plan_and_are_recorded(tiny, mobilenet_v2_h5):
+    from transferkit.finetune import finetune
+
+    result = finetune(tiny, recipe=_recipe(mobilenet_v2_h5, plan="auto", similarity="similar", unfreeze=2),
+                      verbose=0)
+    plan = result.metrics["plan"]
+    assert plan["overrides"]["unfreeze"] == {"plan": 0, "used": 2}
+    assert plan["fine_tuned"] == ["block_16", "top"]
+    assert "Overridden by you: unfreeze = 2" in plan["explanation"]
+
+
+def test_a_group_at_learning_rate_zero_does_not_move(tiny, mobilenet_v2_h5):
+    from transferkit.finetune import build_model, train_unfrozen
+
+    recipe = _recipe(mobilenet_v2_h5)
+    transfer = build_model("mobilenet_v2", num_outputs=3, image_size=48, weights=str(mobilenet_v2_h5), alpha=0.35)
+    before = {n: transfer.model.get_layer(n).get_weights()[0] for n in ("block_16_project", "Conv_1")}
+    stage = train_unfrozen(transfer, tiny, recipe, 2, rates={"block_16": 0.0, "top": 1e-3}, epochs=2,
+                           verbose=0)
+    assert stage.unfrozen_groups == ["block_16", "top"]
+    np.testing.assert_array_equal(transfer.model.get_layer("block_16_project").get_weights()[0],
+                                  before["block_16_project"])
+    assert not np.allclose(transfer.model.get_layer("Conv_1").get_weights()[0], before["Conv_1"])
+
+
+def test_gradual_unfreezing_adds_one_group_per_sub_stage(tiny, mobilenet_v2_h5):
+    from transferkit.finetune import finetune
+
+    result = finetune(tiny, recipe=_recipe(mobilenet_v2_h5, fine_tune_epochs=3, gradual=True), verbose=0)
+    stages = result.metrics["stages"][1:]
+    assert [s["name"] for s in stages] == ["fine_tune_1", "fine_tune_2", "fine_tune_3"]
+    assert [s["unfrozen_groups"] for s in stages] == [["top"], ["block_16", "top"],
+                                                      ["block_15", "block_16", "top"]]
+
+
+def test_stage_2_is_undone_when_it_ends_below_stage_1(tiny, mobilenet_v2_h5):
+    from transferkit.finetune import finetune
+
+    # A learning rate of 5 wrecks the unfrozen groups; stage 1's weights must come back.
+    result = finetune(tiny, recipe=_recipe(mobilenet_v2_h5, fine_tune_learning_rate=5.0), verbose=0)
+    head, tuned = result.metrics["stages"]
+    assert tuned["kept"] is False and head["kept"] is True
+    assert result.val_accuracy == head["val_accuracy"]
+    assert result.metrics["unfreeze_groups"] == 0
+    x = tiny.x_val.astype("float32")
+    accuracy = float(np.mean(result.model.predict(x, verbose=0).argmax(1) == tiny.y_val))
+    assert accuracy == pytest.approx(head["val_accuracy"], abs=1e-4)

@@ -24,6 +24,13 @@ FINETUNE_EXAMPLES = """examples:
   transferkit finetune data/flowers --backbone mobilenet_v2 --alpha 0.35 --image-size 96 --output runs/flowers
   transferkit finetune data/train --val-dir data/val --backbone efficientnet_b0 --epochs 5 --output runs/b0
   transferkit finetune --recipe recipes/sign_digits.yaml --fine-tune-epochs 5
+  transferkit finetune data/xrays --similarity different --unfreeze 8 --output runs/xrays
+"""
+
+PLAN_EXAMPLES = """examples:
+  transferkit plan --demo
+  transferkit plan data/flowers --backbone mobilenet_v2 --alpha 0.35 --image-size 96
+  transferkit plan data/flowers --backbone efficientnet_b0 --json > plan.json
 """
 
 
@@ -43,40 +50,101 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser(
         "finetune", help="fine-tune a backbone on a folder of labelled images",
-        description="Stage 1 trains a head on the frozen backbone; stage 2 unfreezes the top "
-        "layer groups at a lower learning rate with BatchNorm kept in inference mode.",
+        description="Measures the data, plans which layer groups to freeze, fine-tune or drop "
+        "(--plan auto), trains a head on the frozen backbone, then fine-tunes the planned groups at "
+        "lower learning rates with BatchNorm kept in inference mode. Flags override the plan.",
         epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tune.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class")
-    tune.add_argument("--demo", action="store_true",
-                      help="built-in default: MobileNetV2 alpha 0.35, 96 px, sign-language digits")
-    tune.add_argument("--recipe", help="YAML recipe; its keys are these flags' names (flags win)")
-    tune.add_argument("--backbone", help="registry name (see `transferkit backbones`)")
-    tune.add_argument("--alpha", type=float, help="width multiplier of MobileNet backbones")
-    tune.add_argument("--weights", help="'imagenet' (default: search assets, Keras cache, download) or an .h5 path")
-    tune.add_argument("--image-size", type=int, help="square input side in pixels")
-    validation = tune.add_mutually_exclusive_group()
-    validation.add_argument("--val-dir", help="validation folder with the same class sub-folders")
-    validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
+    _data_options(tune)
     tune.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
     tune.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (0 skips stage 2)")
-    tune.add_argument("--unfreeze", type=int, help="layer groups unfrozen in stage 2, from the top")
     tune.add_argument("--learning-rate", type=float, help="stage 1 learning rate")
-    tune.add_argument("--fine-tune-learning-rate", type=float, help="stage 2 peak learning rate")
     tune.add_argument("--batch-size", type=int, help="batch size")
-    tune.add_argument("--seed", type=int, help="seed of split, shuffling and initialisation")
-    tune.add_argument("--augment", action="store_true", help="random flip/rotation/zoom/contrast")
     tune.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency")
     tune.add_argument("--no-feature-cache", action="store_true", help="always run the frozen layers live")
-    tune.add_argument("--offline", action="store_true", help="never download weights or data")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
     tune.add_argument("-q", "--quiet", action="store_true", help="one line per epoch, no progress bars")
+
+    planning = commands.add_parser(
+        "plan", help="measure the data and print the freeze plan, without training",
+        description="Profiles the training data, measures its similarity to ImageNet through the "
+        "backbone, and prints the plan `transferkit finetune` would follow, with its reasons.",
+        epilog=PLAN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _data_options(planning)
+    planning.add_argument("--epochs", type=int, help="stage 1 epoch budget")
+    planning.add_argument("--fine-tune-epochs", type=int, help="stage 2 epoch budget")
+    planning.add_argument("--learning-rate", type=float, help="stage 1 learning rate")
+    planning.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     guess = commands.add_parser("predict", help="top classes of images with a finetune run's model")
     guess.add_argument("model_dir", help="output folder of `transferkit finetune`")
     guess.add_argument("images", nargs="+", help="image files")
     guess.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     return parser
+
+
+def _data_options(command: argparse.ArgumentParser) -> None:
+    """Options shared by ``finetune`` and ``plan``: data, backbone and planner settings."""
+    command.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class")
+    command.add_argument("--demo", action="store_true",
+                         help="built-in default: MobileNetV2 alpha 0.35, 96 px, sign-language digits")
+    command.add_argument("--recipe", help="YAML recipe; its keys are these flags' names (flags win)")
+    command.add_argument("--backbone", help="registry name (see `transferkit backbones`)")
+    command.add_argument("--alpha", type=float, help="width multiplier of MobileNet backbones")
+    command.add_argument("--weights", help="'imagenet' (default: search assets, Keras cache, download) or an .h5 path")
+    command.add_argument("--image-size", type=int, help="square input side in pixels")
+    validation = command.add_mutually_exclusive_group()
+    validation.add_argument("--val-dir", help="validation folder with the same class sub-folders")
+    validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
+    command.add_argument("--seed", type=int, help="seed of split, sample, shuffling and initialisation")
+    command.add_argument("--offline", action="store_true", help="never download weights or data")
+    plan = command.add_argument_group("freeze plan (each flag overrides the planner, and is recorded)")
+    plan.add_argument("--plan", choices=["auto", "none"],
+                      help="auto (default): measure the data and plan; none: the flags as given")
+    plan.add_argument("--similarity", choices=["similar", "different"],
+                      help="declare similarity to ImageNet instead of using the measured one")
+    plan.add_argument("--unfreeze", type=int, help="layer groups fine-tuned in stage 2, from the top")
+    plan.add_argument("--cut", help="last backbone group kept; the groups above it are dropped")
+    plan.add_argument("--fine-tune-learning-rate", type=float, help="stage 2 peak learning rate (top group)")
+    plan.add_argument("--augment", choices=["none", "light", "strong"], help="training augmentation")
+    plan.add_argument("--gradual", action="store_true", help="unfreeze one group at a time in stage 2")
+
+
+def _recipe_from_args(args: argparse.Namespace):
+    """The recipe the flags describe, and the data folder."""
+    from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
+    from transferkit.errors import RecipeError
+
+    if args.demo and args.data:
+        raise RecipeError("Give either DATA_DIR or --demo, not both.")
+    if args.demo and args.recipe:
+        raise RecipeError("Give either --recipe or --demo, not both.")
+    recipe = load_recipe(args.recipe) if args.recipe else DEMO_RECIPE if args.demo else Recipe()
+    variant = dict(recipe.variant)
+    if args.alpha is not None:
+        variant["alpha"] = args.alpha
+    optional = {name: getattr(args, name, None) for name in (
+        "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output")}
+    recipe = recipe.replace(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        val_dir=args.val_dir, val_split=args.val_split, unfreeze=args.unfreeze,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, seed=args.seed, variant=variant,
+        plan=args.plan, similarity=args.similarity, cut=args.cut, augment=args.augment,
+        gradual=True if args.gradual else None,
+        feature_cache=False if getattr(args, "no_feature_cache", False) else None,
+        class_weight=True if getattr(args, "class_weight", False) else None,
+        allow_download=False if args.offline else None,
+        **optional,
+    )
+    data = args.data or recipe.data
+    if args.demo:
+        from transferkit.demo import demo_dataset_dir
+
+        data = str(demo_dataset_dir(allow_download=recipe.allow_download))
+        if hasattr(args, "output"):
+            recipe = recipe.replace(output=recipe.output or os.path.join("runs", "demo"))
+    return recipe, data
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
@@ -98,35 +166,9 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
-    from transferkit.data import AugmentConfig
     from transferkit.errors import RecipeError
 
-    if args.demo and args.data:
-        raise RecipeError("Give either DATA_DIR or --demo, not both.")
-    if args.demo and args.recipe:
-        raise RecipeError("Give either --recipe or --demo, not both.")
-    recipe = load_recipe(args.recipe) if args.recipe else DEMO_RECIPE if args.demo else Recipe()
-    variant = dict(recipe.variant)
-    if args.alpha is not None:
-        variant["alpha"] = args.alpha
-    recipe = recipe.replace(
-        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-        val_dir=args.val_dir, val_split=args.val_split, epochs=args.epochs,
-        fine_tune_epochs=args.fine_tune_epochs, unfreeze=args.unfreeze,
-        learning_rate=args.learning_rate, fine_tune_learning_rate=args.fine_tune_learning_rate,
-        batch_size=args.batch_size, seed=args.seed, output=args.output, variant=variant,
-        augment=AugmentConfig() if args.augment else None,
-        feature_cache=False if args.no_feature_cache else None,
-        class_weight=True if args.class_weight else None,
-        allow_download=False if args.offline else None,
-    )
-    data = args.data or recipe.data
-    if args.demo:
-        from transferkit.demo import demo_dataset_dir
-
-        data = str(demo_dataset_dir(allow_download=recipe.allow_download))
-        recipe = recipe.replace(output=recipe.output or os.path.join("runs", "demo"))
+    recipe, data = _recipe_from_args(args)
     if recipe.output is None:
         raise RecipeError("Give --output DIR: the run folder that receives model.keras and metrics.json.")
 
@@ -134,13 +176,35 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     result = finetune(data, recipe=recipe, verbose=2 if args.quiet else None)
     metrics = result.metrics
+    print(result.plan.explain())
     for stage in metrics["stages"]:
+        kept = "" if stage["kept"] else " (below stage 1: undone)"
         print(f"stage {stage['name']}: {stage['epochs']} epochs (best {stage['best_epoch']}), "
-              f"{stage['seconds']:.1f}s, val_accuracy {stage['val_accuracy']}, "
+              f"{stage['seconds']:.1f}s, val_accuracy {stage['val_accuracy']}{kept}, "
               f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
     print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
           f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
     print(f"wrote {os.path.join(result.output, 'model.keras')}, metrics.json, history.csv, recipe.yaml")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from transferkit.finetune import plan
+
+    recipe, data = _recipe_from_args(args)
+    result = plan(data, recipe=recipe)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(result.explain())
+    frozen = ", ".join(result.frozen) or "none"
+    print(f"\nfrozen:     {frozen}")
+    print(f"fine-tuned: {', '.join(f'{g} {r:.1e}' for g, r in result.group_learning_rates.items()) or 'none'}")
+    print(f"dropped:    {', '.join(result.dropped) or 'none'}")
+    print(f"stage 1: {result.epochs} epochs at {result.learning_rate:.1e}; stage 2: {result.fine_tune_epochs} "
+          f"epochs{' (gradual)' if result.gradual else ''}; augmentation {result.augment}")
     return 0
 
 
@@ -153,7 +217,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"backbones": _cmd_backbones, "finetune": _cmd_finetune, "predict": _cmd_predict}
+_COMMANDS = {"backbones": _cmd_backbones, "finetune": _cmd_finetune, "plan": _cmd_plan,
+             "predict": _cmd_predict}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

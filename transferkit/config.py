@@ -14,11 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from transferkit.data import AugmentConfig
+from transferkit.data import AUGMENT_PRESETS, AugmentConfig
 from transferkit.errors import RecipeError
 from transferkit.heads import TASKS, HeadConfig
 
-__all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE"]
+__all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE", "PLANS", "SIMILARITIES"]
+
+#: Values of ``Recipe.plan``.
+PLANS = ("auto", "none")
+#: Declared similarities.
+SIMILARITIES = ("similar", "different")
 
 
 @dataclass(frozen=True)
@@ -39,15 +44,25 @@ class Recipe:
         epochs: Stage 1 (head only, backbone frozen) epochs.
         learning_rate: Stage 1 learning rate (Adam).
         fine_tune_epochs: Stage 2 epochs; 0 skips stage 2.
-        fine_tune_learning_rate: Stage 2 peak learning rate (cosine decay);
-            ``None`` is ``learning_rate / 10``.
+        fine_tune_learning_rate: Stage 2 peak learning rate of the top group
+            (cosine decay); ``None`` is ``learning_rate / 10``.
         unfreeze: Layer groups unfrozen in stage 2, counted from the top;
-            ``None`` is 60 % of the backbone's groups, rounded.
+            ``None`` lets the plan decide (60 % of the groups, rounded, when
+            ``plan`` is ``"none"``).
+        plan: ``"auto"`` measures the data and lets the freeze planner decide
+            what the recipe leaves open; ``"none"`` turns the planner off.
+        similarity: ``"similar"`` or ``"different"`` declares the data's
+            similarity to ImageNet instead of measuring it.
+        cut: Last backbone group kept; the groups above it are dropped.
+            ``None`` lets the plan decide (no cut when ``plan`` is ``"none"``).
+        gradual: Unfreeze one group at a time over stage 2.
         patience: Early-stopping patience in epochs (best weights restored).
         batch_size: Batch size.
         seed: Seed of the split, shuffling and initialisation.
         head: The head's layers.
-        augment: Training augmentation, or ``None``.
+        augment: ``"none"``, ``"light"``, ``"strong"`` or a mapping of
+            flip/rotation/zoom/contrast; ``None`` lets the plan decide (none
+            when ``plan`` is ``"none"``).
         class_weight: Weight classes by inverse frequency.
         feature_cache: Run the frozen part of the network once per image
             and train the rest on its outputs (off when augmenting).
@@ -68,11 +83,15 @@ class Recipe:
     fine_tune_epochs: int = 15
     fine_tune_learning_rate: float | None = None
     unfreeze: int | None = None
+    plan: str = "auto"
+    similarity: str | None = None
+    cut: str | None = None
+    gradual: bool = False
     patience: int = 5
     batch_size: int = 32
     seed: int = 0
     head: HeadConfig = field(default_factory=HeadConfig)
-    augment: AugmentConfig | None = None
+    augment: AugmentConfig | str | None = None
     class_weight: bool = False
     feature_cache: bool = True
     allow_download: bool = True
@@ -93,6 +112,16 @@ class Recipe:
                 raise RecipeError(f"{name} must be a positive number, got {value!r}.")
         if not isinstance(self.val_split, (int, float)) or not 0 < self.val_split < 1:
             raise RecipeError(f"val_split must be between 0 and 1 (exclusive), got {self.val_split!r}.")
+        if self.plan not in PLANS:
+            raise RecipeError(f"plan must be one of {PLANS}, got {self.plan!r}.")
+        if self.similarity is not None and self.similarity not in SIMILARITIES:
+            raise RecipeError(f"similarity must be one of {SIMILARITIES} (or absent: measured), "
+                              f"got {self.similarity!r}.")
+        if isinstance(self.augment, bool):
+            object.__setattr__(self, "augment", "light" if self.augment else "none")
+        if isinstance(self.augment, str) and self.augment not in AUGMENT_PRESETS:
+            raise RecipeError(f"augment must be one of {', '.join(AUGMENT_PRESETS)} or a mapping, "
+                              f"got {self.augment!r}.")
         if self.task is not None and self.task not in ("multiclass", "binary"):
             raise RecipeError(
                 f"task for an image folder must be multiclass or binary, got {self.task!r} "
@@ -125,9 +154,9 @@ def _from_mapping(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
             close = [k for k in known if k.startswith(str(key)[:4])]
             hint = f" Did you mean {', '.join(sorted(close))}?" if close else ""
             raise RecipeError(f"Unknown recipe key {key!r} in {origin}.{hint} Known keys: {', '.join(sorted(known))}.")
-        if key in _NESTED and value is not None:
-            if value is True and key == "augment":
-                value = {}
+        if key == "augment" and (isinstance(value, (bool, str))):
+            pass  # a preset name, or true/false for light/none
+        elif key in _NESTED and value is not None:
             if not isinstance(value, Mapping):
                 raise RecipeError(f"{origin}: {key} must be a mapping, got {value!r}.")
             sub = {f.name for f in dataclasses.fields(_NESTED[key])}
@@ -199,6 +228,5 @@ DEMO_RECIPE = Recipe(
     epochs=10,
     learning_rate=3e-3,
     fine_tune_epochs=15,
-    unfreeze=12,
     seed=0,
 )

@@ -27,6 +27,8 @@ __all__ = [
     "FolderScan",
     "ImageSet",
     "AugmentConfig",
+    "AUGMENT_PRESETS",
+    "augment_config",
     "scan_folder",
     "decode_image",
     "decode_images",
@@ -123,6 +125,34 @@ class AugmentConfig:
     rotation: float = 0.05
     zoom: float = 0.1
     contrast: float = 0.1
+
+
+#: Named augmentation strengths; the planner picks one, a recipe may name one.
+AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
+    "none": None,
+    "light": AugmentConfig(),
+    "strong": AugmentConfig(rotation=0.1, zoom=0.2, contrast=0.2),
+}
+
+
+def augment_config(value: "AugmentConfig | str | None") -> AugmentConfig | None:
+    """The augmentation a preset name or config stands for.
+
+    Args:
+        value: A name from :data:`AUGMENT_PRESETS`, a config, or ``None``.
+
+    Returns:
+        The config, or ``None`` for no augmentation.
+
+    Raises:
+        DataError: For an unknown preset name.
+    """
+    if value is None or isinstance(value, AugmentConfig):
+        return value
+    if value not in AUGMENT_PRESETS:
+        raise DataError(f"augment must be one of {', '.join(AUGMENT_PRESETS)} or a mapping of "
+                        f"flip/rotation/zoom/contrast, got {value!r}.")
+    return AUGMENT_PRESETS[value]
 
 
 def scan_folder(root: str | os.PathLike) -> FolderScan:

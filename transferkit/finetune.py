@@ -31,17 +31,19 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from transferkit.config import Recipe, recipe_to_dict
-from transferkit.data import ImageSet, class_weights, load_image_folder, make_dataset
+from transferkit.data import (AugmentConfig, ImageSet, augment_config, class_weights,
+                              load_image_folder, make_dataset, scan_folder)
 from transferkit.errors import RecipeError
 from transferkit.graph import LayerGroup, find_groups, split_model
 from transferkit.heads import HeadConfig, TaskSpec, build_head, task_spec
+from transferkit.planner import FreezePlan, Similarity, override_plan, plan_freeze
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone
 from transferkit.weights import WeightsSource
 
@@ -54,6 +56,9 @@ __all__ = [
     "unfreeze",
     "train_unfrozen",
     "finetune",
+    "make_plan",
+    "plan",
+    "run_plan",
     "save_run",
 ]
 
@@ -99,8 +104,11 @@ class StageResult:
         val_accuracy: Validation accuracy after the stage (best epoch).
         val_loss: Validation loss after the stage.
         trainable_params: Trainable parameters during the stage.
-        learning_rate: Peak learning rate.
+        learning_rate: Peak learning rate (of the top group).
         unfrozen_groups: Backbone groups that trained.
+        augment: ``"on"`` or ``"off"``.
+        kept: Whether the stage's weights were kept (stage 2 is undone when
+            it ends below stage 1 on the validation set).
     """
 
     name: str
@@ -114,6 +122,8 @@ class StageResult:
     trainable_params: int
     learning_rate: float
     unfrozen_groups: list[str]
+    augment: str = "off"
+    kept: bool = True
 
 
 @dataclass
@@ -126,6 +136,7 @@ class FineTuneResult:
         history: One row per epoch of every stage.
         recipe: The resolved recipe.
         output: Folder the run was saved to, if any.
+        plan: The freeze plan that ran.
     """
 
     model: Any
@@ -133,6 +144,7 @@ class FineTuneResult:
     history: list[dict[str, Any]]
     recipe: Recipe
     output: str | None = None
+    plan: FreezePlan | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -150,6 +162,7 @@ def build_model(
     weights: str | os.PathLike | None = "imagenet",
     allow_download: bool = True,
     registry: Registry = REGISTRY,
+    cut: str | None = None,
     **variant: Any,
 ) -> TransferModel:
     """Build backbone + head as one flat Keras 3 model.
@@ -168,6 +181,8 @@ def build_model(
         weights: ``"imagenet"``, a path to an ``.h5`` file, or ``None``.
         allow_download: Whether official weights may be downloaded.
         registry: Where to look up ``backbone``.
+        cut: Last backbone group kept: the head sits on its output and the
+            groups above it are left out. ``None`` keeps the whole backbone.
         **variant: Backbone variant arguments (``alpha=0.35``).
 
     Returns:
@@ -175,7 +190,9 @@ def build_model(
 
     Raises:
         UnknownBackboneError, RecipeError, WeightsNotFoundError,
-        WeightsMismatchError: As :func:`transferkit.load_backbone`.
+        WeightsMismatchError: As :func:`transferkit.load_backbone`; also
+            RecipeError for an unknown ``cut`` group or one that the
+            architecture cannot be cut after (several tensors cross it).
     """
     import keras
 
@@ -189,6 +206,16 @@ def build_model(
         spec, size=size, weights=weights, allow_download=allow_download, **variant
     )
     groups = find_groups(base, spec.layer_groups)
+    if cut is not None and cut != groups[-1].name:
+        names = [g.name for g in groups]
+        if cut not in names:
+            raise RecipeError(f"cut must name one of {spec.name}'s groups ({', '.join(names)}), got {cut!r}.")
+        index = names.index(cut)
+        if not groups[index].is_single_cut:
+            raise RecipeError(f"{spec.name} cannot be cut after {cut}: several tensors cross that "
+                              f"boundary. Cut after another group.")
+        base = keras.Model(base.inputs, base.get_layer(groups[index].end).output, name=base.name)
+        groups = groups[: index + 1]
     inputs = keras.Input((size, size, 3), name="image")
     features = base._run_through_graph(  # noqa: SLF001 - re-trace the base un-nested
         add_preprocessing(spec.preprocessing, inputs), operation_fn=lambda op: op
@@ -274,6 +301,8 @@ def _train_stage(
     unfrozen: list[str],
     verbose: int | None,
     history: list[dict[str, Any]],
+    augment: AugmentConfig | None = None,
+    rates: dict[str, float] | None = None,
 ) -> StageResult:
     import keras
 
@@ -282,7 +311,7 @@ def _train_stage(
     x_train, x_val = data.x_train, data.x_val
     cache_state = "on"
     feature_seconds = 0.0
-    if recipe.augment is not None:
+    if augment is not None:
         cache_state = "off: augmentation needs live images"
     elif not recipe.feature_cache:
         cache_state = "off: disabled"
@@ -304,13 +333,19 @@ def _train_stage(
     lr: Any = learning_rate
     if decay:
         lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
+    if rates and len(set(rates.values())) > 1:
+        from transferkit.optim import DiscriminativeAdam, group_factors
+
+        optimizer = DiscriminativeAdam(lr, factors=group_factors(model, transfer.groups, rates, learning_rate))
+    else:
+        optimizer = keras.optimizers.Adam(lr)
     train_model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=optimizer,
         loss=transfer.task.loss,
         metrics=list(transfer.task.metrics),
     )
     train_ds = make_dataset(x_train, data.y_train, batch_size=recipe.batch_size, shuffle=True,
-                            seed=recipe.seed, augment=recipe.augment)
+                            seed=recipe.seed, augment=augment)
     val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
     monitor, mode = transfer.task.monitor
     stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=recipe.patience,
@@ -338,17 +373,24 @@ def _train_stage(
         trainable_params=trainable,
         learning_rate=learning_rate,
         unfrozen_groups=unfrozen,
+        augment="off" if augment is None else "on",
     )
 
 
 def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *,
+               epochs: int | None = None, learning_rate: float | None = None,
+               augment: AugmentConfig | str | None = None,
                verbose: int | None = None, history: list | None = None) -> StageResult:
     """Stage 1: train the head on the frozen backbone.
 
     Args:
         transfer: The model (from :func:`build_model`).
         data: Training and validation images.
-        recipe: ``epochs``, ``learning_rate``, ``batch_size`` ... come from here.
+        recipe: ``batch_size``, ``seed``, ``patience`` ... and the defaults
+            of the arguments below come from here.
+        epochs: Epochs; defaults to ``recipe.epochs``.
+        learning_rate: Defaults to ``recipe.learning_rate``.
+        augment: Preset name or config; defaults to ``recipe.augment``.
         verbose: Keras verbosity; defaults to progress bars on a terminal.
         history: List that receives one row per epoch.
 
@@ -356,20 +398,32 @@ def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *,
         The stage's :class:`StageResult`.
     """
     cut = unfreeze(transfer, 0)
-    return _train_stage(transfer, data, recipe, name="head", cut=cut, epochs=recipe.epochs,
-                        learning_rate=recipe.learning_rate, decay=False, unfrozen=[],
-                        verbose=verbose, history=history if history is not None else [])
+    return _train_stage(transfer, data, recipe, name="head", cut=cut,
+                        epochs=recipe.epochs if epochs is None else epochs,
+                        learning_rate=learning_rate or recipe.learning_rate, decay=False, unfrozen=[],
+                        verbose=verbose, history=history if history is not None else [],
+                        augment=augment_config(recipe.augment if augment is None else augment))
 
 
 def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, groups: int, *,
-                   verbose: int | None = None, history: list | None = None) -> StageResult:
-    """Stage 2: unfreeze the top ``groups`` groups and train at a low rate.
+                   rates: dict[str, float] | None = None, epochs: int | None = None,
+                   learning_rate: float | None = None, augment: AugmentConfig | str | None = None,
+                   name: str = "fine_tune", verbose: int | None = None,
+                   history: list | None = None) -> StageResult:
+    """Stage 2: unfreeze the top ``groups`` groups and train at a low, decaying rate.
 
     Args:
         transfer: The model, head already trained.
         data: Training and validation images.
-        recipe: ``fine_tune_epochs`` and ``stage2_learning_rate`` come from here.
+        recipe: Defaults of the arguments below, and ``batch_size``, ``seed`` ...
         groups: Backbone groups to unfreeze, from the top.
+        rates: Peak learning rate per group name (discriminative rates);
+            groups not listed and the head train at ``learning_rate``.
+        epochs: Defaults to ``recipe.fine_tune_epochs``.
+        learning_rate: Peak rate of the head; defaults to the highest of
+            ``rates`` or ``recipe.stage2_learning_rate``.
+        augment: Preset name or config; defaults to ``recipe.augment``.
+        name: Stage name in the history and metrics.
         verbose: Keras verbosity.
         history: List that receives one row per epoch.
 
@@ -378,15 +432,200 @@ def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, grou
     """
     cut = unfreeze(transfer, groups)
     names = [g.name for g in transfer.groups[len(transfer.groups) - groups:]] if groups else []
-    return _train_stage(transfer, data, recipe, name="fine_tune", cut=cut,
-                        epochs=recipe.fine_tune_epochs, learning_rate=recipe.stage2_learning_rate,
-                        decay=True, unfrozen=names, verbose=verbose,
-                        history=history if history is not None else [])
+    peak = learning_rate or max((rates or {}).values(), default=0) or recipe.stage2_learning_rate
+    return _train_stage(transfer, data, recipe, name=name, cut=cut,
+                        epochs=recipe.fine_tune_epochs if epochs is None else epochs,
+                        learning_rate=peak, decay=True, unfrozen=names, verbose=verbose,
+                        history=history if history is not None else [],
+                        augment=augment_config(recipe.augment if augment is None else augment),
+                        rates={g: r for g, r in (rates or {}).items() if g in names} or None)
 
 
 def default_unfreeze(num_groups: int) -> int:
-    """Groups unfrozen in stage 2 when the recipe does not say: 60 %, rounded."""
+    """Groups unfrozen in stage 2 when the planner is off and the recipe does not say: 60 %."""
     return max(1, int(round(0.6 * num_groups)))
+
+
+def _augment_name(value: AugmentConfig | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return "custom"
+
+
+def make_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe,
+              resolution: tuple[int, int] | None = None) -> FreezePlan:
+    """The freeze plan for this model and data, with the recipe's explicit settings applied.
+
+    With ``recipe.plan == "auto"`` the data is profiled, its similarity to
+    ImageNet measured (or taken as declared in ``recipe.similarity``) and
+    :func:`~transferkit.planner.plan_freeze` decides; settings the recipe
+    gives explicitly (``unfreeze``, ``cut``, ``fine_tune_learning_rate``,
+    ``augment``) win and are recorded in ``plan.overrides``. With
+    ``"none"`` the plan is the recipe as written.
+
+    Args:
+        transfer: The model with its full backbone and ImageNet weights.
+        images: The data.
+        recipe: The run's settings.
+        resolution: Median original image size, for the profile.
+
+    Returns:
+        The :class:`~transferkit.planner.FreezePlan`.
+    """
+    from transferkit.measure import group_infos, measure_similarity, profile_data
+    from transferkit.planner import fixed_plan
+
+    profile = profile_data(images, resolution)
+    infos = group_infos(transfer)
+    names = [g.name for g in infos]
+    head = asdict(recipe.head)
+    head["dense"] = list(recipe.head.dense)
+    try:
+        if recipe.plan == "none":
+            unfreeze_n = recipe.unfreeze if recipe.unfreeze is not None else default_unfreeze(len(infos))
+            plan = fixed_plan(profile, names, unfreeze=unfreeze_n, cut=recipe.cut,
+                              learning_rate=recipe.learning_rate, top_rate=recipe.stage2_learning_rate,
+                              epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
+                              augment=_augment_name(recipe.augment) or "none", gradual=recipe.gradual)
+            return replace(plan, head=head)
+        measured = measure_similarity(transfer, images, seed=recipe.seed)
+        similarity = measured
+        if recipe.similarity is not None:
+            similarity = Similarity.declare(recipe.similarity == "similar", measured=measured)
+        plan = plan_freeze(profile, similarity, infos, learning_rate=recipe.learning_rate,
+                           epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
+                           gradual=recipe.gradual, backbone=transfer.spec.name,
+                           image_size=transfer.image_size)
+        return override_plan(plan, names, unfreeze=recipe.unfreeze, cut=recipe.cut,
+                             fine_tune_learning_rate=recipe.fine_tune_learning_rate,
+                             augment=_augment_name(recipe.augment), head=head,
+                             budget=(recipe.epochs, recipe.fine_tune_epochs))
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
+def _gradual_steps(groups: int, epochs: int) -> list[tuple[int, int]]:
+    """``(groups unfrozen, epochs)`` per gradual sub-stage: the top first, one chunk more each time."""
+    steps = min(groups, epochs)
+    out = []
+    for k in range(steps):
+        unfrozen = round(groups * (k + 1) / steps)
+        length = epochs * (k + 1) // steps - epochs * k // steps
+        out.append((unfrozen, length))
+    return out
+
+
+def _better(stage: StageResult, baseline: StageResult, monitor: tuple[str, str]) -> bool:
+    """Whether ``stage`` ended at least as well as ``baseline`` on the monitored quantity."""
+    if monitor[0] == "val_accuracy" and stage.val_accuracy is not None and baseline.val_accuracy is not None:
+        return stage.val_accuracy >= baseline.val_accuracy
+    return stage.val_loss <= baseline.val_loss
+
+
+def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: FreezePlan, *,
+             verbose: int | None = None, history: list | None = None) -> list[StageResult]:
+    """Train ``transfer`` as ``plan`` says: head, then the fine-tuned groups.
+
+    Stage 2 starts from stage 1's best weights; when it ends below them on
+    the validation set, those weights come back and the stage is marked
+    ``kept=False``.
+
+    Args:
+        transfer: The model, built with the plan's cut.
+        images: The data.
+        recipe: ``batch_size``, ``seed``, ``patience`` ... come from here.
+        plan: The plan (:func:`make_plan`).
+        verbose: Keras verbosity.
+        history: List that receives one row per epoch.
+
+    Returns:
+        The stages run, in order.
+    """
+    history = history if history is not None else []
+    augment = recipe.augment if plan.augment == "custom" else plan.augment
+    stages: list[StageResult] = []
+    if plan.epochs > 0:
+        stages.append(train_head(transfer, images, recipe, epochs=plan.epochs,
+                                 learning_rate=plan.learning_rate, augment=augment,
+                                 verbose=verbose, history=history))
+    count = len(plan.fine_tuned)
+    if plan.fine_tune_epochs <= 0 or count == 0:
+        return stages
+    baseline = stages[-1] if stages else None
+    before = transfer.model.get_weights() if baseline else None
+    steps = _gradual_steps(count, plan.fine_tune_epochs) if plan.gradual else [(count, plan.fine_tune_epochs)]
+    second = []
+    for k, (groups, epochs) in enumerate(steps):
+        name = f"fine_tune_{k + 1}" if len(steps) > 1 else "fine_tune"
+        second.append(train_unfrozen(transfer, images, recipe, groups, rates=plan.group_learning_rates,
+                                     epochs=epochs, augment=augment, name=name,
+                                     verbose=verbose, history=history))
+    if baseline is not None and not _better(second[-1], baseline, transfer.task.monitor):
+        transfer.model.set_weights(before)
+        second = [replace(stage, kept=False) for stage in second]
+        log.info("Stage 2 ended below stage 1 on the validation set; stage 1's weights were kept.")
+    return stages + second
+
+
+def _prepare(data, recipe, output, registry, overrides):
+    """Resolve the recipe and decode the data: everything checked before TensorFlow loads."""
+    recipe = (recipe or Recipe()).replace(**overrides)
+    if output is not None:
+        recipe = recipe.replace(output=str(output))
+    spec = get_backbone(recipe.backbone, registry)
+    size = recipe.image_size or spec.default_size
+    recipe = recipe.replace(image_size=size)
+    resolution = None
+    if isinstance(data, ImageSet):
+        images = data
+    else:
+        folder = data if data is not None else recipe.data
+        if folder is None:
+            raise RecipeError(
+                "No training data. Give a folder with one sub-folder of images per class "
+                "(transferkit finetune DATA_DIR), data: in the recipe, or --demo."
+            )
+        recipe = recipe.replace(data=str(folder))
+        images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir,
+                                   val_split=recipe.val_split, seed=recipe.seed)
+        from transferkit.measure import folder_resolution
+
+        resolution = folder_resolution(scan_folder(folder).files, seed=recipe.seed)
+    if images.image_size != size:
+        raise RecipeError(f"ImageSet holds {images.image_size} px images but the recipe asks for {size} px.")
+    task = recipe.task or ("binary" if images.num_classes == 2 else "multiclass")
+    build = dict(num_outputs=images.num_classes, image_size=size, task=task, head=recipe.head,
+                 weights=recipe.weights, allow_download=recipe.allow_download, **dict(recipe.variant))
+    return recipe, spec, images, resolution, build
+
+
+def plan(
+    data: str | os.PathLike | ImageSet | None = None,
+    *,
+    recipe: Recipe | None = None,
+    registry: Registry = REGISTRY,
+    **overrides: Any,
+) -> FreezePlan:
+    """The freeze plan :func:`finetune` would follow, without training.
+
+    Args:
+        data: Class-per-folder training directory or an ImageSet.
+        recipe: Base settings.
+        registry: Where to look the backbone up.
+        **overrides: Recipe fields.
+
+    Returns:
+        The :class:`~transferkit.planner.FreezePlan`; ``explain()`` says why.
+
+    Raises:
+        TransferkitError: Subclasses for bad data, recipes or weights.
+    """
+    recipe, spec, images, resolution, build = _prepare(data, recipe, None, registry, overrides)
+    import keras
+
+    keras.utils.set_random_seed(recipe.seed)
+    transfer = build_model(spec, registry=registry, **build)
+    return make_plan(transfer, images, recipe, resolution)
 
 
 def finetune(
@@ -399,6 +638,11 @@ def finetune(
     **overrides: Any,
 ) -> FineTuneResult:
     """Fine-tune an ImageNet backbone on a folder of labelled images.
+
+    The freeze planner (``recipe.plan="auto"``, the default) measures the
+    data and decides what to freeze, fine-tune or drop, at which rates;
+    explicit recipe settings override it, and ``metrics["plan"]`` records
+    the plan, its measurements, its explanation and every override.
 
     Args:
         data: Class-per-folder training directory, or a decoded
@@ -424,47 +668,28 @@ def finetune(
         >>> result.val_accuracy
     """
     started = time.perf_counter()
-    recipe = (recipe or Recipe()).replace(**overrides)
-    if output is not None:
-        recipe = recipe.replace(output=str(output))
-    spec = get_backbone(recipe.backbone, registry)
-    size = recipe.image_size or spec.default_size
-    recipe = recipe.replace(image_size=size)
-    if isinstance(data, ImageSet):
-        images = data
-    else:
-        folder = data if data is not None else recipe.data
-        if folder is None:
-            raise RecipeError(
-                "No training data. Give a folder with one sub-folder of images per class "
-                "(transferkit finetune DATA_DIR), data: in the recipe, or --demo."
-            )
-        recipe = recipe.replace(data=str(folder))
-        images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir,
-                                   val_split=recipe.val_split, seed=recipe.seed)
-    if images.image_size != size:
-        raise RecipeError(f"ImageSet holds {images.image_size} px images but the recipe asks for {size} px.")
-    task = recipe.task or ("binary" if images.num_classes == 2 else "multiclass")
+    recipe, spec, images, resolution, build = _prepare(data, recipe, output, registry, overrides)
+    size, task = recipe.image_size, build["task"]
 
-    import keras  # after the inputs are checked: bad input fails fast, without TensorFlow
+    import keras
 
     keras.utils.set_random_seed(recipe.seed)
-    transfer = build_model(spec, num_outputs=images.num_classes, image_size=size, task=task,
-                           head=recipe.head, weights=recipe.weights,
-                           allow_download=recipe.allow_download, **dict(recipe.variant))
+    transfer = build_model(spec, **build)
     log.info("Backbone %s %s at %d px; %d layer groups: %s", spec.name, transfer.variant or "", size,
              len(transfer.groups), ", ".join(g.name for g in transfer.groups))
-    groups = recipe.unfreeze if recipe.unfreeze is not None else default_unfreeze(len(transfer.groups))
+    plan = make_plan(transfer, images, recipe, resolution)
+    log.info("%s", plan.explain())
+    if plan.cut is not None:
+        keras.utils.set_random_seed(recipe.seed)
+        transfer = build_model(spec, cut=plan.cut, **build)
     history: list[dict[str, Any]] = []
-    stages = []
-    if recipe.epochs > 0:
-        stages.append(train_head(transfer, images, recipe, verbose=verbose, history=history))
-    if recipe.fine_tune_epochs > 0 and groups > 0:
-        stages.append(train_unfrozen(transfer, images, recipe, groups, verbose=verbose, history=history))
-    unfreeze(transfer, groups if stages and stages[-1].name == "fine_tune" else 0)
+    stages = run_plan(transfer, images, recipe, plan, verbose=verbose, history=history)
+    kept = [s for s in stages if s.kept]
+    tuned = kept[-1].name.startswith("fine_tune") if kept else False
+    unfreeze(transfer, len(kept[-1].unfrozen_groups) if tuned else 0)
     transfer.model.compile(optimizer="adam", loss=transfer.task.loss, metrics=list(transfer.task.metrics))
 
-    final = stages[-1] if stages else None
+    final = kept[-1] if kept else None
     metrics = {
         "val_accuracy": final.val_accuracy if final else None,
         "val_loss": final.val_loss if final else None,
@@ -481,8 +706,9 @@ def finetune(
         "weights": transfer.weights_source.to_dict(),
         "skipped_images": len(images.skipped),
         "skipped_files": [{"path": p, "reason": r} for p, r in images.skipped[:50]],
-        "unfreeze_groups": groups,
+        "unfreeze_groups": len(final.unfrozen_groups) if tuned else 0,
         "layer_groups": [g.name for g in transfer.groups],
+        "plan": plan.to_dict(),
         "stages": [asdict(s) for s in stages],
         "seconds_total": None,
         "seed": recipe.seed,
@@ -490,6 +716,7 @@ def finetune(
     }
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
     result = FineTuneResult(transfer.model, metrics, history, recipe)
+    result.plan = plan
     if recipe.output:
         save_run(result, recipe.output)
         result.output = recipe.output

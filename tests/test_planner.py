@@ -1,0 +1,207 @@
+"""The freeze planner's decisions, without TensorFlow: every quadrant, every boundary."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from transferkit import planner
+from transferkit.planner import (
+    PARAMS_PER_IMAGE,
+    SMALL_PER_CLASS,
+    DataProfile,
+    GroupInfo,
+    Similarity,
+    discriminative_rates,
+    fixed_plan,
+    override_plan,
+    plan_freeze,
+    similarity_from_shift,
+    size_verdict,
+)
+
+# Ten groups of 1,000 parameters, the top one 5,000: a small, fully affordable backbone.
+GROUPS = [GroupInfo(f"g{i}", 1_000) for i in range(9)] + [GroupInfo("top", 5_000)]
+NAMES = [g.name for g in GROUPS]
+PROBE = {"g2": 0.50, "g4": 0.71, "g5": 0.715, "g6": 0.72, "g8": 0.69, "top": 0.60}
+
+
+def profile(per_class: int, classes: int = 10) -> DataProfile:
+    return DataProfile.from_counts([per_class] * classes)
+
+
+def similarity(score: float, probe=None) -> Similarity:
+    return Similarity(score=score, shift=0.4, shift_shallow=0.3, sample=256, probe=probe or dict(PROBE))
+
+
+def test_data_profile_counts_median_and_imbalance():
+    p = DataProfile.from_counts([10, 40, 20, 30], resolution=(100, 120))
+    assert (p.images, p.classes, p.per_class_min, p.per_class_median, p.imbalance) == (100, 4, 10, 25.0, 4.0)
+    assert DataProfile.from_counts([5, 0]).imbalance == float("inf")
+    with pytest.raises(ValueError, match="non-empty"):
+        DataProfile.from_counts([])
+
+
+@pytest.mark.parametrize("per_class, small", [(SMALL_PER_CLASS - 1, True), (SMALL_PER_CLASS, False)])
+def test_small_boundary_per_class(per_class, small):
+    verdict, reason = size_verdict(profile(per_class), top_group_params=1)
+    assert verdict is small
+    assert f"median {per_class} per class" in reason
+
+
+def test_small_when_the_top_group_costs_more_than_the_images_can_pay_for():
+    data = profile(100)  # 1,000 images
+    assert size_verdict(data, PARAMS_PER_IMAGE * 1_000)[0] is False
+    small, reason = size_verdict(data, PARAMS_PER_IMAGE * 1_000 + 1)
+    assert small and "top group alone" in reason
+
+
+def test_similarity_score_of_a_shift():
+    assert similarity_from_shift(0.0) == 1.0
+    assert similarity_from_shift(planner.SHIFT_MEDIUM) == pytest.approx(0.5)
+    scores = [similarity_from_shift(d) for d in (0.1, 0.3, 0.6, 1.2)]
+    assert scores == sorted(scores, reverse=True)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="shift"):
+            similarity_from_shift(bad)
+
+
+@pytest.mark.parametrize("score, similar", [(0.5, True), (0.4999, False), (1.0, True), (0.0, False)])
+def test_similar_boundary(score, similar):
+    assert Similarity(score=score).similar is similar
+
+
+def test_small_similar_trains_a_linear_head_only_with_the_whole_budget():
+    plan = plan_freeze(profile(20), similarity(0.8), GROUPS, epochs=10, fine_tune_epochs=15)
+    assert plan.quadrant == "small+similar"
+    assert plan.fine_tuned == () and plan.dropped == () and plan.cut is None
+    assert plan.frozen == tuple(NAMES)
+    assert (plan.epochs, plan.fine_tune_epochs) == (25, 0)
+    assert plan.head["dense"] == [] and plan.augment == "light"
+
+
+def test_small_different_cuts_at_the_earliest_group_within_a_point_of_the_best_probe():
+    plan = plan_freeze(profile(20), similarity(0.3), GROUPS)
+    assert plan.quadrant == "small+different"
+    assert plan.cut == "g4"  # 0.71 is within one point of the best (g6, 0.72)
+    assert plan.dropped == ("g5", "g6", "g7", "g8", "top")
+    assert plan.fine_tuned == ("g4",) and plan.augment == "strong"
+    assert "g4" in plan.explain() and "dropped" in plan.explain()
+
+
+def test_small_different_skips_groups_that_cannot_be_cut_after():
+    groups = [GroupInfo(g.name, g.params, single_cut=g.name != "g4") for g in GROUPS]
+    plan = plan_freeze(profile(20), similarity(0.3), groups)
+    assert plan.cut == "g5"
+
+
+def test_small_different_without_a_probe_keeps_the_backbone():
+    plan = plan_freeze(profile(20), Similarity(score=0.2), GROUPS)
+    assert plan.cut == "top" and plan.dropped == ()
+    assert "no linear probe" in plan.explain()
+
+
+def test_large_similar_fine_tunes_the_top_third_at_one_rate():
+    plan = plan_freeze(profile(200), similarity(0.7), GROUPS, learning_rate=1e-3)
+    assert plan.quadrant == "large+similar"
+    assert plan.fine_tuned == ("g6", "g7", "g8", "top")  # ceil(10 / 3)
+    assert list(plan.group_learning_rates.values()) == pytest.approx([1e-4] * 4)
+    assert plan.frozen == tuple(NAMES[:6])
+
+
+def test_large_different_fine_tunes_all_but_the_stem_with_lower_rates_below():
+    plan = plan_freeze(profile(200), similarity(0.3), GROUPS, learning_rate=1e-3)
+    assert plan.quadrant == "large+different"
+    assert plan.frozen == ("g0",) and plan.fine_tuned == tuple(NAMES[1:])
+    rates = [plan.group_learning_rates[g] for g in plan.fine_tuned]
+    assert rates == sorted(rates)
+    assert rates[0] == pytest.approx(1e-5) and rates[-1] == pytest.approx(1e-4)
+
+
+def test_fine_tuned_groups_are_capped_by_the_parameter_budget():
+    groups = [GroupInfo(f"g{i}", 40 * PARAMS_PER_IMAGE) for i in range(6)]
+    plan = plan_freeze(profile(30, classes=4), similarity(0.3), groups)  # 120 images pay for 3 groups
+    assert plan.fine_tuned == ("g3", "g4", "g5")
+    assert "capped" in plan.explain()
+
+
+def test_discriminative_rates_are_geometric():
+    rates = discriminative_rates(["a", "b", "c"], 1e-3, span=0.01)
+    assert rates == pytest.approx({"a": 1e-5, "b": 1e-4, "c": 1e-3})
+    assert discriminative_rates(["a"], 1e-3) == {"a": 1e-3}
+    assert discriminative_rates([], 1e-3) == {}
+
+
+def test_explanation_cites_the_measurements():
+    plan = plan_freeze(DataProfile.from_counts([165] * 10), Similarity(score=0.31, shift=0.74, sample=256),
+                       GROUPS)
+    text = plan.explain()
+    assert "1,650 training images, median 165 per class" in text
+    assert "similarity 0.31" in text and "different" in text and "0.74" in text
+    assert json.loads(json.dumps(plan.to_dict()))["explanation"] == text
+
+
+def test_declared_similarity_is_said_to_be_declared():
+    measured = similarity(0.7)
+    plan = plan_freeze(profile(200), Similarity.declare(False, measured=measured), GROUPS)
+    assert plan.quadrant == "large+different"
+    assert "declared different by you" in plan.explain()
+    assert plan.similarity.probe == PROBE
+
+
+def test_gradual_is_a_plan_option():
+    assert plan_freeze(profile(200), similarity(0.3), GROUPS, gradual=True).gradual
+    assert not plan_freeze(profile(20), similarity(0.8), GROUPS, gradual=True).gradual  # nothing to unfreeze
+
+
+def test_overrides_change_the_plan_and_are_recorded():
+    plan = plan_freeze(profile(200), similarity(0.3), GROUPS)
+    used = override_plan(plan, NAMES, unfreeze=2, fine_tune_learning_rate=1e-5, augment="light")
+    assert used.fine_tuned == ("g8", "top")
+    assert used.group_learning_rates["top"] == pytest.approx(1e-5)
+    assert used.overrides["unfreeze"] == {"plan": 9, "used": 2}
+    assert used.overrides["augment"] == {"plan": "none", "used": "light"}
+    assert "Overridden by you: unfreeze = 2 (the plan said 9)" in used.explain()
+    assert override_plan(plan, NAMES, unfreeze=9).overrides == {}  # same value: nothing recorded
+
+
+def test_override_cut_drops_groups_and_keeps_fine_tuning_below_it():
+    plan = plan_freeze(profile(200), similarity(0.7), GROUPS)
+    used = override_plan(plan, NAMES, cut="g5")
+    assert used.dropped == ("g6", "g7", "g8", "top") and used.cut == "g5"
+    assert used.fine_tuned == ()  # the planned groups were all above the cut
+    assert used.fine_tune_epochs == 0
+    with pytest.raises(ValueError, match="one of the backbone's groups"):
+        override_plan(plan, NAMES, cut="g42")
+    with pytest.raises(ValueError, match="between 0 and 6"):
+        override_plan(plan, NAMES, cut="g5", unfreeze=7)
+
+
+def test_unfreezing_a_head_only_plan_gives_stage_2_its_budget_back():
+    plan = plan_freeze(profile(20), similarity(0.8), GROUPS, epochs=10, fine_tune_epochs=15)
+    used = override_plan(plan, NAMES, unfreeze=3, budget=(10, 15))
+    assert used.fine_tuned == ("g7", "g8", "top")
+    assert (used.epochs, used.fine_tune_epochs) == (10, 15)
+
+
+def test_fixed_plan_is_the_recipe_as_written():
+    plan = fixed_plan(profile(200), NAMES, unfreeze=3, learning_rate=1e-3, epochs=4, fine_tune_epochs=5)
+    assert plan.quadrant == "off" and plan.fine_tuned == ("g7", "g8", "top")
+    assert list(plan.group_learning_rates.values()) == pytest.approx([1e-4] * 3)
+    assert fixed_plan(profile(200), NAMES, unfreeze=0).fine_tune_epochs == 0
+    with pytest.raises(ValueError, match="between 0 and 10"):
+        fixed_plan(profile(200), NAMES, unfreeze=11)
+
+
+def test_planner_imports_no_tensorflow():
+    code = "import sys, transferkit.planner; print('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_resampling_is_noted():
+    data = DataProfile.from_counts([250] * 10, resolution=(32, 32))
+    plan = plan_freeze(data, similarity(0.6), GROUPS, image_size=96)
+    assert "median 32x32 px, upsampled x3.0 to 96 px" in plan.explain()
+    assert "upsampled" not in plan_freeze(data, similarity(0.6), GROUPS, image_size=48).explain()

@@ -1,0 +1,251 @@
+"""Measurements the planner needs: data size and similarity to ImageNet.
+
+:func:`profile_data` counts; :func:`measure_similarity` runs one forward pass
+of the backbone over a sample of training images and returns
+
+* the **activation shift**: at every BatchNorm layer, how far the sample's
+  per-channel activation statistics lie from the running statistics the
+  layer learned on ImageNet (see :mod:`transferkit.planner` for the formula
+  and the threshold), and
+* a **linear probe** of each layer group's pooled output: the held-out
+  accuracy of a ridge classifier on the sample (2-fold, closed form, no
+  training loop), which tells where the most useful features for this task
+  sit (Yosinski et al. 2014).
+
+The forward pass keeps only per-image channel means of each activation and
+of its square, so memory stays at ``sample x channels``, not the feature maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from transferkit.data import ImageSet
+from transferkit.planner import DataProfile, GroupInfo, Similarity, similarity_from_shift
+
+__all__ = ["profile_data", "folder_resolution", "measure_similarity", "group_infos",
+           "activation_shift", "ridge_probe"]
+
+log = logging.getLogger("transferkit")
+
+#: Images measured by default.
+DEFAULT_SAMPLE = 256
+
+
+def profile_data(images: ImageSet, resolution: tuple[int, int] | None = None) -> DataProfile:
+    """Profile of the training split of ``images``.
+
+    Args:
+        images: Decoded data.
+        resolution: Median original image size, e.g. from :func:`folder_resolution`.
+
+    Returns:
+        The :class:`~transferkit.planner.DataProfile`.
+    """
+    return DataProfile.from_counts(list(images.counts("train").values()), resolution)
+
+
+def folder_resolution(files: Sequence[str], sample: int = 200, seed: int = 0) -> tuple[int, int] | None:
+    """Median ``(height, width)`` of up to ``sample`` image files, from their headers.
+
+    Args:
+        files: Image paths.
+        sample: Files read at most.
+        seed: Seed of the sample.
+
+    Returns:
+        The median size, or ``None`` when no header could be read.
+    """
+    from PIL import Image
+
+    files = list(files)
+    if len(files) > sample:
+        files = [files[i] for i in np.random.default_rng(seed).choice(len(files), sample, replace=False)]
+    sizes = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+            sizes.append((height, width))
+        except Exception:  # noqa: BLE001 - unreadable files are counted by the decoder
+            continue
+    if not sizes:
+        return None
+    heights, widths = zip(*sizes)
+    return int(np.median(heights)), int(np.median(widths))
+
+
+def group_infos(transfer) -> list[GroupInfo]:
+    """The planner's view of a :class:`~transferkit.finetune.TransferModel`'s groups.
+
+    Args:
+        transfer: The model.
+
+    Returns:
+        One :class:`~transferkit.planner.GroupInfo` per backbone group.
+    """
+    model = transfer.model
+    out = []
+    for group in transfer.groups:
+        params = 0
+        for name in group.layers:
+            try:
+                layer = model.get_layer(name)
+            except ValueError:
+                continue
+            params += int(sum(np.prod(w.shape) for w in layer.weights))
+        out.append(GroupInfo(group.name, params, group.is_single_cut))
+    return out
+
+
+def activation_shift(mean: np.ndarray, var: np.ndarray, ref_mean: np.ndarray, ref_var: np.ndarray,
+                     epsilon: float = 1e-3) -> float:
+    """Median over channels of ``sqrt(2 KL(N(mean, var) || N(ref_mean, ref_var)))``.
+
+    Args:
+        mean, var: Per-channel statistics of the target images.
+        ref_mean, ref_var: The BatchNorm layer's moving (ImageNet) statistics.
+        epsilon: Added to both variances, as BatchNorm does.
+
+    Returns:
+        The layer's shift in ImageNet standard deviations (Cohen's d for a
+        pure mean change).
+    """
+    var = np.maximum(var, 0) + epsilon
+    ref_var = np.maximum(ref_var, 0) + epsilon
+    kl = 0.5 * (var / ref_var + (mean - ref_mean) ** 2 / ref_var - 1 + np.log(ref_var / var))
+    return float(np.median(np.sqrt(2 * np.maximum(kl, 0))))
+
+
+def ridge_probe(features: np.ndarray, labels: np.ndarray, folds: int = 2, seed: int = 0,
+                penalty: float = 1.0) -> float:
+    """Held-out accuracy of a ridge classifier on ``features`` (k-fold, closed form).
+
+    Args:
+        features: ``(n, d)`` features.
+        labels: ``(n,)`` integer labels.
+        folds: Folds; every image is predicted once by a model not fitted on it.
+        seed: Seed of the fold assignment.
+        penalty: Ridge penalty per sample on standardised features.
+
+    Returns:
+        Accuracy in [0, 1].
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    fold = np.empty(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for cls in np.unique(labels):  # stratified folds
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        fold[members] = np.arange(len(members)) % folds
+    targets = np.eye(int(labels.max()) + 1)[labels]
+    correct = 0
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        if not test.any() or not train.any():
+            continue
+        x = features[train].astype(np.float64)
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        x = (x - mu) / sd
+        xt = (features[test] - mu) / sd
+        y = targets[train] - targets[train].mean(0)
+        reg = penalty * len(x)
+        if x.shape[1] <= len(x):
+            w = np.linalg.solve(x.T @ x + reg * np.eye(x.shape[1]), x.T @ y)
+        else:  # dual form: cheaper when features outnumber images
+            w = x.T @ np.linalg.solve(x @ x.T + reg * np.eye(len(x)), y)
+        correct += int(((xt @ w).argmax(1) == labels[test]).sum())
+    return correct / n
+
+
+def _sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A stratified random sample of indices (all of them when fewer)."""
+    if len(labels) <= size:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    classes = np.unique(labels)
+    for cls in classes:
+        members = np.flatnonzero(labels == cls)
+        take = max(1, round(size * len(members) / len(labels)))
+        chosen.extend(rng.choice(members, min(take, len(members)), replace=False))
+    return np.sort(np.asarray(chosen))
+
+
+def measure_similarity(transfer, images: ImageSet, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+                       probe: bool = True, batch_size: int = 32) -> Similarity:
+    """Measure how similar the training images are to the backbone's ImageNet data.
+
+    Args:
+        transfer: A :class:`~transferkit.finetune.TransferModel` with ImageNet weights.
+        images: The data; a stratified sample of its training split is used.
+        sample: Images to measure.
+        seed: Seed of the sample.
+        probe: Also fit a linear probe on every group's output.
+        batch_size: Forward-pass batch size.
+
+    Returns:
+        The :class:`~transferkit.planner.Similarity`. A backbone without
+        BatchNorm layers (VGG) gets score 0 ("different", so the probe
+        chooses the cut), and says so in ``method``.
+    """
+    import keras
+    from keras import ops
+
+    start = time.perf_counter()
+    model = transfer.model
+    backbone = {name for group in transfer.groups for name in group.layers}
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization) and layer.name in backbone]
+    outputs: list[Any] = []
+    for layer in norms:
+        tensor = layer.input
+        axes = tuple(range(1, len(tensor.shape) - 1))
+        outputs.append(ops.mean(tensor, axis=axes) if axes else tensor)
+        outputs.append(ops.mean(ops.square(tensor), axis=axes) if axes else ops.square(tensor))
+    probed = []
+    if probe:
+        for group in transfer.groups:
+            if not group.is_single_cut:
+                continue
+            tensor = model.get_layer(group.end).output
+            if len(tensor.shape) == 4:
+                tensor = ops.mean(tensor, axis=(1, 2))
+            elif len(tensor.shape) != 2:
+                continue
+            probed.append(group.name)
+            outputs.append(tensor)
+    index = _sample(images.y_train, sample, seed)
+    if not outputs:
+        return Similarity(score=0.0, method="not measurable: the backbone has no BatchNorm layers",
+                          sample=len(index))
+    extractor = keras.Model(model.inputs, outputs, name="similarity_probe")
+    x = images.x_train[index].astype("float32")
+    results = extractor.predict(x, batch_size=batch_size, verbose=0)
+    if not isinstance(results, list):
+        results = [results]
+    shifts = []
+    for k, layer in enumerate(norms):
+        mean_img, sq_img = np.asarray(results[2 * k]), np.asarray(results[2 * k + 1])
+        mean = mean_img.mean(0)
+        var = sq_img.mean(0) - mean ** 2
+        shifts.append(activation_shift(mean, var, np.asarray(layer.moving_mean),
+                                       np.asarray(layer.moving_variance), float(layer.epsilon)))
+    accuracies = {}
+    y = images.y_train[index]
+    for name, features in zip(probed, results[2 * len(norms):]):
+        accuracies[name] = round(ridge_probe(np.asarray(features), y, seed=seed), 4)
+    log.info("Similarity measured on %d images in %.1fs", len(index), time.perf_counter() - start)
+    if not shifts:
+        return Similarity(score=0.0, method="not measurable: the backbone has no BatchNorm layers; "
+                          "treated as different so that the linear probe chooses the cut",
+                          sample=len(index), probe=accuracies)
+    half = len(shifts) // 2
+    deep = float(np.mean(shifts[half:]))
+    shallow = float(np.mean(shifts[:half])) if half else deep
+    return Similarity(score=round(similarity_from_shift(deep), 4), shift=round(deep, 4),
+                      shift_shallow=round(shallow, 4), sample=len(index), probe=accuracies)

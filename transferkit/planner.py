@@ -1,0 +1,642 @@
+"""The freeze planner: data size x similarity to ImageNet → an explained plan.
+
+Pure functions over dataclasses; no TensorFlow. The measurements that feed
+it (:class:`DataProfile`, :class:`Similarity`) are taken by
+:mod:`transferkit.measure`; :func:`plan_freeze` turns them into a
+:class:`FreezePlan` that :func:`transferkit.finetune.finetune` executes.
+
+The four quadrants (CS231n transfer-learning notes, after Yosinski et al.
+2014, "How transferable are features in deep neural networks?"):
+
+========== ============================================================
+small      similar: a linear head on frozen features (nothing else can
+           be fitted without over-fitting, nothing else is needed).
+small      different: the top groups are the most ImageNet-specific, so
+           cut the backbone where a linear probe of the features is best
+           (often the middle), drop the groups above, train a head on the
+           middle features with strong augmentation, then fine-tune the
+           last kept group.
+large      similar: fine-tune the top third of the groups at a tenth of
+           the head's learning rate.
+large      different: fine-tune every group but the stem with
+           discriminative learning rates (earlier groups lower).
+========== ============================================================
+
+Thresholds, and why (none was fitted to the datasets used in the tests):
+
+* **Small** is judged per class and against the parameters at stake.
+  ``SMALL_PER_CLASS = 30``: below about 30 labelled images per class a
+  linear probe on frozen features matches or beats fine-tuning (few-shot
+  studies: Chen et al. 2019, "A Closer Look at Few-shot Classification";
+  Tian et al. 2020, "Rethinking Few-Shot Image Classification"), while from
+  about 30 per class up fine-tuning wins (Kornblith et al. 2019, "Do Better
+  ImageNet Models Transfer Better?", Caltech-101 at 30 per class). The data
+  is also small when it cannot pay for the top group:
+  ``PARAMS_PER_IMAGE = 10_000`` trainable backbone parameters per training
+  image is the budget, between the 7,700 of ResNet-50 fine-tuned on
+  Caltech-101 (3,060 images) and the 23,500 of ResNet-50 on VTAB-1k (1,000
+  images), both of which still beat frozen features. Fine-tuned groups are
+  also capped by that budget.
+* **Similar** is judged on the *activation shift*: for every BatchNorm
+  layer of the backbone, the target images' per-channel activation
+  distribution is compared with the running statistics that layer learned
+  on ImageNet (a Gaussian per channel, as BatchNorm itself assumes; the
+  same statistics AdaBN re-estimates for domain adaptation, Li et al.
+  2016). The shift of a channel is ``sqrt(2 KL)``, which for a pure mean
+  change is the change in ImageNet standard deviations, i.e. Cohen's d.
+  The score is the median over channels, averaged over the deeper half of
+  the layers (the task-specific features, Yosinski et al.), and
+  ``similarity = 1 / (1 + (d / 0.5)^2)``: 1 for ImageNet's own statistics,
+  0.5 at ``SHIFT_MEDIUM = 0.5`` (Cohen's "medium" effect size), falling
+  towards 0 as the shift grows. ``similarity >= 0.5`` is similar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+__all__ = [
+    "DataProfile",
+    "Similarity",
+    "GroupInfo",
+    "FreezePlan",
+    "plan_freeze",
+    "size_verdict",
+    "similarity_from_shift",
+    "discriminative_rates",
+    "override_plan",
+    "fixed_plan",
+    "SMALL_PER_CLASS",
+    "PARAMS_PER_IMAGE",
+    "SHIFT_MEDIUM",
+]
+
+#: Below this many training images per class (median) the data is small.
+SMALL_PER_CLASS = 30
+#: Trainable backbone parameters one training image can pay for.
+PARAMS_PER_IMAGE = 10_000
+#: Activation shift (Cohen's d) at which similarity is 0.5: "medium".
+SHIFT_MEDIUM = 0.5
+#: Similarity at or above which the data counts as similar to ImageNet.
+SIMILAR_AT = 0.5
+#: Lowest group's learning rate relative to the top group's (discriminative).
+DISCRIMINATIVE_SPAN = 0.1
+#: Share of groups, from the top, fine-tuned on large similar data.
+SIMILAR_SHARE = 1 / 3
+#: The planner's head in every quadrant: pooled features → dropout → output,
+#: the linear classifier of the transfer literature (Kornblith et al. 2019).
+LINEAR_HEAD = {"pooling": "avg", "dense": [], "dropout": 0.2, "batch_norm": False, "activation": "relu"}
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """How much training data there is.
+
+    Attributes:
+        images: Training images.
+        classes: Classes.
+        per_class_min: Fewest training images of any class.
+        per_class_median: Median training images per class.
+        imbalance: Largest class over smallest class.
+        resolution: Median original ``(height, width)``, when known.
+    """
+
+    images: int
+    classes: int
+    per_class_min: int
+    per_class_median: float
+    imbalance: float
+    resolution: tuple[int, int] | None = None
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[int], resolution: tuple[int, int] | None = None) -> "DataProfile":
+        """Profile from images per class.
+
+        Args:
+            counts: Training images of each class.
+            resolution: Median original image size, if measured.
+
+        Returns:
+            The profile.
+
+        Raises:
+            ValueError: When ``counts`` is empty or holds a negative count.
+        """
+        counts = [int(c) for c in counts]
+        if not counts or min(counts) < 0:
+            raise ValueError(f"counts must be a non-empty list of image counts per class, got {counts!r}.")
+        ordered = sorted(counts)
+        middle = len(ordered) // 2
+        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        smallest = ordered[0]
+        return cls(
+            images=sum(counts),
+            classes=len(counts),
+            per_class_min=smallest,
+            per_class_median=float(median),
+            imbalance=round(ordered[-1] / smallest, 2) if smallest else math.inf,
+            resolution=resolution,
+        )
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Measured similarity of the data to the backbone's ImageNet training data.
+
+    Attributes:
+        score: ``1 / (1 + (shift / SHIFT_MEDIUM)^2)``, in (0, 1].
+        shift: Activation shift of the deeper half of the BatchNorm layers,
+            in ImageNet standard deviations (Cohen's d).
+        shift_shallow: The same for the shallower half (low-level
+            statistics: colour, contrast, texture).
+        method: How it was measured.
+        sample: Images measured.
+        probe: Linear-probe validation accuracy of each group's output on
+            the sample, ``{group: accuracy}``, input to output.
+        declared: Whether the user declared similarity instead of measuring.
+    """
+
+    score: float
+    shift: float | None = None
+    shift_shallow: float | None = None
+    method: str = "activation shift against BatchNorm ImageNet statistics"
+    sample: int = 0
+    probe: dict[str, float] = field(default_factory=dict)
+    declared: bool = False
+
+    @property
+    def similar(self) -> bool:
+        """Whether the score reaches :data:`SIMILAR_AT`."""
+        return self.score >= SIMILAR_AT
+
+    @classmethod
+    def declare(cls, similar: bool, measured: "Similarity | None" = None) -> "Similarity":
+        """A similarity the user states instead of measuring.
+
+        Args:
+            similar: The declaration.
+            measured: A measurement kept for the record (and its linear probe).
+
+        Returns:
+            Score 1 (similar) or 0 (different), ``declared=True``.
+        """
+        if measured is None:
+            return cls(score=1.0 if similar else 0.0, method="declared by the user", declared=True)
+        return cls(score=1.0 if similar else 0.0, shift=measured.shift, shift_shallow=measured.shift_shallow,
+                   method=f"declared by the user (measured score {measured.score:.2f})",
+                   sample=measured.sample, probe=dict(measured.probe), declared=True)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One layer group of the backbone, as the planner sees it.
+
+    Attributes:
+        name: Group name, e.g. ``"block_13"``.
+        params: Parameters of the group's layers.
+        single_cut: Whether the backbone can be cut after this group.
+    """
+
+    name: str
+    params: int
+    single_cut: bool = True
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """Which groups freeze, train or go, at which rates, and why.
+
+    Attributes:
+        quadrant: ``"small+similar"``, ``"small+different"``,
+            ``"large+similar"`` or ``"large+different"``.
+        frozen: Groups that never train, input to output.
+        fine_tuned: Groups trained in stage 2, input to output.
+        dropped: Groups removed above the cut (the head sits on the
+            output of the last kept group).
+        cut: Last kept group when groups are dropped, else ``None``.
+        head: The head's settings (:class:`transferkit.heads.HeadConfig` fields).
+        learning_rate: Stage 1 (head) learning rate.
+        group_learning_rates: Peak stage-2 learning rate of each
+            fine-tuned group.
+        epochs: Stage 1 epochs.
+        fine_tune_epochs: Stage 2 epochs.
+        gradual: Unfreeze one group at a time over stage 2 (ULMFiT).
+        augment: ``"none"``, ``"light"`` or ``"strong"``.
+        profile: The data-size measurement.
+        similarity: The similarity measurement (``None`` with the planner off).
+        reasons: One sentence per decision, in order.
+        overrides: ``{field: {"plan": value, "used": value}}`` for every
+            decision an explicit setting overrode.
+    """
+
+    quadrant: str
+    frozen: tuple[str, ...]
+    fine_tuned: tuple[str, ...]
+    dropped: tuple[str, ...]
+    cut: str | None
+    head: dict[str, Any]
+    learning_rate: float
+    group_learning_rates: dict[str, float]
+    epochs: int
+    fine_tune_epochs: int
+    gradual: bool
+    augment: str
+    profile: DataProfile
+    similarity: Similarity | None
+    reasons: tuple[str, ...]
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def unfreeze(self) -> int:
+        """Groups fine-tuned in stage 2, counted from the top of the kept backbone."""
+        return len(self.fine_tuned)
+
+    def explain(self) -> str:
+        """The plan in plain language, citing the measurements."""
+        lines = [f"Plan: {self.quadrant}."]
+        lines += [f"- {reason}" for reason in self.reasons]
+        for name, change in self.overrides.items():
+            lines.append(f"- Overridden by you: {name} = {change['used']!r} (the plan said {change['plan']!r}).")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, the explanation included."""
+        out = asdict(self)
+        out["unfreeze"] = self.unfreeze
+        out["explanation"] = self.explain()
+        return json.loads(json.dumps(out))  # tuples become lists, as in metrics.json
+
+
+def size_verdict(profile: DataProfile, top_group_params: int) -> tuple[bool, str]:
+    """Whether the data is small, and the sentence that says why.
+
+    Args:
+        profile: The data profile.
+        top_group_params: Parameters of the backbone's top group.
+
+    Returns:
+        ``(small, reason)``.
+    """
+    budget = PARAMS_PER_IMAGE * profile.images
+    per_class = f"{profile.per_class_median:g}"
+    head = f"{profile.images:,} training images, median {per_class} per class"
+    if profile.per_class_median < SMALL_PER_CLASS:
+        return True, (f"{head}: small (under {SMALL_PER_CLASS} per class a linear probe on "
+                      f"frozen features matches fine-tuning).")
+    if top_group_params > budget:
+        return True, (f"{head}: small for this backbone (its top group alone has "
+                      f"{top_group_params:,} parameters, more than the {budget:,} that "
+                      f"{PARAMS_PER_IMAGE:,} per image allow).")
+    return False, f"{head}: large enough to fine-tune (at least {SMALL_PER_CLASS} per class)."
+
+
+def similarity_from_shift(shift: float) -> float:
+    """Similarity score of an activation shift: ``1 / (1 + (shift / 0.5)^2)``.
+
+    Args:
+        shift: Activation shift in ImageNet standard deviations, >= 0.
+
+    Returns:
+        The score in (0, 1]; 0.5 at :data:`SHIFT_MEDIUM`.
+
+    Raises:
+        ValueError: For a negative or non-finite shift.
+    """
+    if not math.isfinite(shift) or shift < 0:
+        raise ValueError(f"shift must be a finite number >= 0, got {shift!r}.")
+    return 1.0 / (1.0 + (shift / SHIFT_MEDIUM) ** 2)
+
+
+def discriminative_rates(groups: Sequence[str], top_rate: float, span: float = DISCRIMINATIVE_SPAN) -> dict[str, float]:
+    """Geometric learning rates from ``top_rate * span`` (first) to ``top_rate`` (last).
+
+    Args:
+        groups: Fine-tuned groups, input to output.
+        top_rate: Learning rate of the last group.
+        span: Lowest rate over highest; 1 gives every group ``top_rate``.
+
+    Returns:
+        ``{group: rate}``.
+    """
+    n = len(groups)
+    if n <= 1:
+        return {g: top_rate for g in groups}
+    return {g: top_rate * span ** ((n - 1 - i) / (n - 1)) for i, g in enumerate(groups)}
+
+
+def _affordable(groups: Sequence[GroupInfo], images: int) -> int:
+    """Groups, from the top, whose parameters ``images`` images can pay for."""
+    budget, total, count = PARAMS_PER_IMAGE * images, 0, 0
+    for group in reversed(groups):
+        total += group.params
+        if total > budget:
+            break
+        count += 1
+    return count
+
+
+def _best_cut(groups: Sequence[GroupInfo], probe: dict[str, float]) -> tuple[int, str]:
+    """Index of the group to cut after for small+different data, and why."""
+    cuttable = [i for i, g in enumerate(groups) if g.single_cut and g.name in probe]
+    if not cuttable:
+        return len(groups) - 1, "no linear probe was measured, so the whole backbone is kept"
+    best = max(probe[groups[i].name] for i in cuttable)
+    # The earliest group within one point of the best: earlier features are more generic.
+    index = next(i for i in cuttable if probe[groups[i].name] >= best - 0.01)
+    top = groups[-1].name
+    reason = (f"a linear probe of each group's features scored best at {groups[index].name} "
+              f"({probe[groups[index].name]:.2f}"
+              + (f", the top {probe[top]:.2f}" if top in probe and index != len(groups) - 1 else "")
+              + ")")
+    return index, reason
+
+
+def plan_freeze(
+    profile: DataProfile,
+    similarity: Similarity,
+    groups: Sequence[GroupInfo],
+    *,
+    learning_rate: float = 3e-3,
+    epochs: int = 10,
+    fine_tune_epochs: int = 15,
+    gradual: bool = False,
+    backbone: str = "the backbone",
+    image_size: int | None = None,
+) -> FreezePlan:
+    """Decide which groups freeze, train or go, and explain it.
+
+    Args:
+        profile: Size of the training data.
+        similarity: Measured (or declared) similarity to ImageNet.
+        groups: The backbone's groups, input to output.
+        learning_rate: Stage 1 learning rate; stage 2 peaks at a tenth.
+        epochs: Stage 1 epoch budget.
+        fine_tune_epochs: Stage 2 epoch budget.
+        gradual: Unfreeze one group at a time over stage 2.
+        backbone: Name used in the explanation.
+        image_size: Input side the network sees, to note resampling.
+
+    Returns:
+        The :class:`FreezePlan`.
+
+    Raises:
+        ValueError: When ``groups`` is empty.
+    """
+    if not groups:
+        raise ValueError(f"{backbone} has no layer groups to plan over.")
+    names = [g.name for g in groups]
+    small, size_reason = size_verdict(profile, groups[-1].params)
+    similar = similarity.similar
+    if similarity.declared:
+        sim_reason = f"similarity declared {'similar' if similar else 'different'} by you (not measured)."
+    elif similarity.shift is None:
+        sim_reason = (f"similarity {similarity.score:.2f} ({similarity.method}): "
+                      f"{'similar' if similar else 'different'}.")
+    else:
+        shallow = (f"; low-level shift {similarity.shift_shallow:.2f}"
+                   if similarity.shift_shallow is not None else "")
+        sim_reason = (f"similarity {similarity.score:.2f} (deep-layer activation shift "
+                      f"{similarity.shift:.2f} ImageNet std{shallow}, {similarity.sample} images): "
+                      f"{'similar' if similar else 'different'} "
+                      f"({'at least' if similar else 'under'} {SIMILAR_AT}).")
+    quadrant = f"{'small' if small else 'large'}+{'similar' if similar else 'different'}"
+    reasons = [size_reason, sim_reason]
+    if profile.resolution and image_size:
+        factor = image_size / min(profile.resolution)
+        if factor >= 2 or factor <= 0.25:
+            height, width = profile.resolution
+            reasons.append(
+                f"The images are a median {height}x{width} px, {'upsampled' if factor > 1 else 'downsampled'} "
+                f"x{factor if factor > 1 else 1 / factor:.1f} to {image_size} px: the "
+                f"{'blur' if factor > 1 else 'lost detail'} is part of the measured shift."
+            )
+    stage2_rate = learning_rate / 10
+    affordable = _affordable(groups, profile.images)
+    dropped: list[str] = []
+    cut = None
+    head = dict(LINEAR_HEAD)
+    augment = "none"
+    use_gradual = gradual
+
+    if quadrant == "small+similar":
+        fine_tuned: list[str] = []
+        epochs, fine_tune_epochs = epochs + fine_tune_epochs, 0
+        augment = "light"
+        use_gradual = False
+        reasons.append(f"Small and similar: a linear head on the frozen {backbone}; the whole "
+                       f"epoch budget ({epochs}) goes to it, with light augmentation.")
+    elif quadrant == "small+different":
+        index, why = _best_cut(groups, similarity.probe)
+        cut = names[index]
+        dropped = names[index + 1:]
+        kept = groups[: index + 1]
+        fine_tuned = [kept[-1].name] if _affordable(kept, profile.images) >= 1 and fine_tune_epochs else []
+        augment = "strong"
+        use_gradual = False
+        reasons.append(
+            f"Small and different: {why}; "
+            + (f"the backbone is cut after {cut} and {len(dropped)} group(s) above it are dropped, "
+               if dropped else "the whole backbone is kept, ")
+            + "a linear head trains on those features with strong augmentation"
+            + (f", then {fine_tuned[0]} is fine-tuned at {stage2_rate:.1e}." if fine_tuned else ".")
+        )
+    elif quadrant == "large+similar":
+        share = max(1, math.ceil(SIMILAR_SHARE * len(groups)))
+        count = min(share, affordable)
+        fine_tuned = names[len(names) - count:]
+        reasons.append(
+            f"Large and similar: the lower groups' ImageNet features already fit, so the top "
+            f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned "
+            f"at {stage2_rate:.1e}, BatchNorm kept in inference mode"
+            + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)." if count < share else ".")
+        )
+    else:  # large+different
+        count = min(len(groups) - 1, affordable)
+        fine_tuned = names[len(names) - count:]
+        reasons.append(
+            f"Large and different: the top groups' ImageNet-specific features need to move, so "
+            f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned, "
+            f"only the stem stays frozen"
+            + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)" if count < len(groups) - 1 else "")
+            + f"; discriminative rates from {stage2_rate * DISCRIMINATIVE_SPAN:.1e} "
+              f"({fine_tuned[0]}) to {stage2_rate:.1e} ({fine_tuned[-1]})."
+        )
+    if quadrant == "large+different":
+        rates = discriminative_rates(fine_tuned, stage2_rate)
+    else:
+        rates = {g: stage2_rate for g in fine_tuned}
+    if not fine_tuned:
+        fine_tune_epochs = 0
+        use_gradual = False
+    if use_gradual:
+        reasons.append(f"Gradual unfreezing: stage 2 adds one group at a time, from {fine_tuned[-1]} down.")
+    kept_names = names[: len(names) - len(dropped)]
+    frozen = tuple(n for n in kept_names if n not in fine_tuned)
+    return FreezePlan(
+        quadrant=quadrant,
+        frozen=frozen,
+        fine_tuned=tuple(fine_tuned),
+        dropped=tuple(dropped),
+        cut=cut,
+        head=head,
+        learning_rate=learning_rate,
+        group_learning_rates=rates,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        gradual=use_gradual,
+        augment=augment,
+        profile=profile,
+        similarity=similarity,
+        reasons=tuple(reasons),
+    )
+
+
+def override_plan(
+    plan: FreezePlan,
+    groups: Sequence[str],
+    *,
+    unfreeze: int | None = None,
+    cut: str | None = None,
+    fine_tune_learning_rate: float | None = None,
+    augment: str | None = None,
+    gradual: bool | None = None,
+    head: dict[str, Any] | None = None,
+    budget: tuple[int, int] | None = None,
+) -> FreezePlan:
+    """Apply explicit settings on top of a plan and record each one that differs.
+
+    Args:
+        plan: The planner's plan.
+        groups: All backbone group names, input to output.
+        unfreeze: Groups to fine-tune, counted from the top of the kept backbone.
+        cut: Last kept group (the last group's name keeps them all).
+        fine_tune_learning_rate: Peak stage-2 rate of the top group.
+        augment: ``"none"``, ``"light"``, ``"strong"`` or ``"custom"``.
+        gradual: Unfreeze one group at a time.
+        head: The head's settings.
+        budget: The recipe's ``(epochs, fine_tune_epochs)``, used when an
+            override brings back a stage 2 the plan had given to stage 1.
+
+    Returns:
+        The plan as it will run; :attr:`FreezePlan.overrides` holds
+        ``{"plan": ..., "used": ...}`` for every changed decision.
+
+    Raises:
+        ValueError: For an unknown group name or an ``unfreeze`` larger than
+            the kept groups.
+    """
+    from dataclasses import replace
+
+    names = list(groups)
+    overrides = dict(plan.overrides)
+    changes: dict[str, Any] = {}
+
+    def record(name: str, planned: Any, used: Any) -> None:
+        if used != planned:
+            overrides[name] = {"plan": planned, "used": used}
+
+    kept = names[: len(names) - len(plan.dropped)]
+    if cut is not None:
+        if cut not in names:
+            raise ValueError(f"cut must be one of the backbone's groups ({', '.join(names)}), got {cut!r}.")
+        kept = names[: names.index(cut) + 1]
+        new_cut = None if cut == names[-1] else cut
+        record("cut", plan.cut, new_cut)
+        changes.update(cut=new_cut, dropped=tuple(names[len(kept):]))
+    fine_tuned = [g for g in plan.fine_tuned if g in kept]
+    if unfreeze is not None:
+        if not 0 <= unfreeze <= len(kept):
+            raise ValueError(f"unfreeze must be between 0 and {len(kept)} (the kept groups), got {unfreeze}.")
+        fine_tuned = kept[len(kept) - unfreeze:] if unfreeze else []
+        record("unfreeze", plan.unfreeze, unfreeze)
+    top_rate = max(plan.group_learning_rates.values(), default=plan.learning_rate / 10)
+    if fine_tune_learning_rate is not None:
+        record("fine_tune_learning_rate", top_rate, fine_tune_learning_rate)
+        top_rate = fine_tune_learning_rate
+    if plan.quadrant == "large+different":
+        rates = discriminative_rates(fine_tuned, top_rate)
+    else:
+        rates = {g: top_rate for g in fine_tuned}
+    changes.update(fine_tuned=tuple(fine_tuned), group_learning_rates=rates,
+                   frozen=tuple(g for g in kept if g not in fine_tuned))
+    if fine_tuned and not plan.fine_tune_epochs and unfreeze:
+        # The plan gave stage 2's budget to stage 1; hand it back.
+        stage2 = budget[1] if budget else max(1, plan.epochs // 2)
+        changes.update(fine_tune_epochs=stage2, epochs=max(1, plan.epochs - stage2))
+    elif not fine_tuned:
+        changes["fine_tune_epochs"] = 0
+    if augment is not None:
+        record("augment", plan.augment, augment)
+        changes["augment"] = augment
+    if head is not None:
+        record("head", plan.head, head)
+        changes["head"] = dict(head)
+    if gradual is not None:
+        record("gradual", plan.gradual, gradual)
+        changes["gradual"] = gradual and bool(fine_tuned)
+    return replace(plan, overrides=overrides, **changes)
+
+
+def fixed_plan(
+    profile: DataProfile,
+    groups: Sequence[str],
+    *,
+    unfreeze: int,
+    cut: str | None = None,
+    learning_rate: float = 3e-3,
+    top_rate: float | None = None,
+    epochs: int = 10,
+    fine_tune_epochs: int = 15,
+    augment: str = "none",
+    gradual: bool = False,
+) -> FreezePlan:
+    """The plan of a recipe run with the planner off: exactly what the recipe says.
+
+    Args:
+        profile: The data profile (recorded, not used).
+        groups: Backbone group names, input to output.
+        unfreeze: Groups fine-tuned, from the top of the kept backbone.
+        cut: Last kept group, or ``None`` for all.
+        learning_rate: Stage 1 rate.
+        top_rate: Stage 2 rate of every fine-tuned group; defaults to a
+            tenth of ``learning_rate``.
+        epochs: Stage 1 epochs.
+        fine_tune_epochs: Stage 2 epochs.
+        augment: Augmentation name.
+        gradual: Unfreeze one group at a time.
+
+    Returns:
+        The plan, quadrant ``"off"``.
+
+    Raises:
+        ValueError: For an unknown ``cut`` or too large an ``unfreeze``.
+    """
+    names = list(groups)
+    if cut is not None and cut not in names:
+        raise ValueError(f"cut must be one of the backbone's groups ({', '.join(names)}), got {cut!r}.")
+    kept = names[: names.index(cut) + 1] if cut else names
+    if not 0 <= unfreeze <= len(kept):
+        raise ValueError(f"unfreeze must be between 0 and {len(kept)} (the kept groups), got {unfreeze}.")
+    fine_tuned = kept[len(kept) - unfreeze:] if unfreeze else []
+    rate = top_rate or learning_rate / 10
+    return FreezePlan(
+        quadrant="off",
+        frozen=tuple(g for g in kept if g not in fine_tuned),
+        fine_tuned=tuple(fine_tuned),
+        dropped=tuple(names[len(kept):]),
+        cut=cut if cut != names[-1] else None,
+        head=dict(LINEAR_HEAD),
+        learning_rate=learning_rate,
+        group_learning_rates={g: rate for g in fine_tuned},
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs if fine_tuned else 0,
+        gradual=gradual and bool(fine_tuned),
+        augment=augment,
+        profile=profile,
+        similarity=None,
+        reasons=(f"Planner off: the recipe's settings as written ({len(fine_tuned)} of {len(names)} "
+                 f"groups fine-tuned at {rate:.1e}).",),
+    )
