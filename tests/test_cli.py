@@ -32,6 +32,9 @@ def test_help_answers_fast_without_tensorflow():
         (["finetune", "--demo", "somewhere"], "either DATA_DIR or --demo"),
         (["finetune", "--backbone", "resnet5", "--output", "x", "."], "Did you mean"),
         (["predict", "/no/such/run", "a.jpg"], "not a transferkit run folder"),
+        (["plan", "/no/such/folder"], "does not exist"),
+        (["finetune", ".", "--output", "x", "--plan", "none", "--unfreeze", "2", "--backbone", "resnt50"],
+         "Did you mean"),
     ],
 )
 def test_bad_input_prints_one_paragraph_and_exits_2(args, message, capsys, tmp_path, monkeypatch):
@@ -44,17 +47,40 @@ def test_bad_input_prints_one_paragraph_and_exits_2(args, message, capsys, tmp_p
     assert err.strip().count("\n") == 0
 
 
+def _digits(sign_digits, folder, digits=("3", "7"), count=12):
+    for digit in digits:
+        (folder / digit).mkdir(parents=True)
+        for path in sorted((sign_digits / digit).iterdir())[:count]:
+            shutil.copy(path, folder / digit / path.name)
+    return folder
+
+
+def test_plan_prints_the_plan_and_its_json(sign_digits, tmp_path):
+    import json
+
+    data = _digits(sign_digits, tmp_path / "digits", digits=("1", "2", "3"), count=15)
+    flags = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "48"]
+    done = _run("plan", str(data), *flags)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Plan: small+" in done.stdout and "36 training images, median 12 per class: small" in done.stdout
+    assert "frozen:" in done.stdout and "dropped:" in done.stdout
+    as_json = _run("plan", str(data), *flags, "--similarity", "different", "--unfreeze", "2", "--json")
+    assert as_json.returncode == 0, as_json.stderr[-2000:]
+    plan = json.loads(as_json.stdout)
+    assert plan["quadrant"] == "small+different" and plan["similarity"]["declared"] is True
+    assert plan["overrides"]["unfreeze"] == {"plan": 1, "used": 2} and "explanation" in plan
+    bad = _run("plan", str(data), *flags, "--cut", "block_99")
+    assert bad.returncode == 2 and "cut must" in bad.stderr and "block_16" in bad.stderr
+
+
 def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
-    data = tmp_path / "digits"
-    for digit in ("3", "7"):
-        (data / digit).mkdir(parents=True)
-        for path in sorted((sign_digits / digit).iterdir())[:12]:
-            shutil.copy(path, data / digit / path.name)
+    data = _digits(sign_digits, tmp_path / "digits")
     out = tmp_path / "run"
     done = _run("finetune", str(data), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32",
                 "--epochs", "1", "--fine-tune-epochs", "1", "--unfreeze", "2", "--batch-size", "8",
                 "--output", str(out), "-q")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Plan: small+" in done.stdout and "Overridden by you: unfreeze = 2" in done.stdout
     assert "weights:" in done.stdout and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in done.stdout
     assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
     image = sorted((data / "7").iterdir())[0]

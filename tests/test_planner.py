@@ -59,7 +59,7 @@ def test_small_when_the_top_group_costs_more_than_the_images_can_pay_for():
 
 def test_similarity_score_of_a_shift():
     assert similarity_from_shift(0.0) == 1.0
-    assert similarity_from_shift(planner.SHIFT_MEDIUM) == pytest.approx(0.5)
+    assert similarity_from_shift(planner.SHIFT_SMALL) == pytest.approx(0.5)
     scores = [similarity_from_shift(d) for d in (0.1, 0.3, 0.6, 1.2)]
     assert scores == sorted(scores, reverse=True)
     for bad in (-0.1, float("nan"), float("inf")):
@@ -116,7 +116,22 @@ def test_large_different_fine_tunes_all_but_the_stem_with_lower_rates_below():
     assert plan.frozen == ("g0",) and plan.fine_tuned == tuple(NAMES[1:])
     rates = [plan.group_learning_rates[g] for g in plan.fine_tuned]
     assert rates == sorted(rates)
-    assert rates[0] == pytest.approx(1e-5) and rates[-1] == pytest.approx(1e-4)
+    # The span is the shallow shift over the deep shift: 0.3 / 0.4.
+    assert plan.span == pytest.approx(0.75)
+    assert rates[0] == pytest.approx(0.75e-4) and rates[-1] == pytest.approx(1e-4)
+    assert "span of 0.75" in plan.explain()
+
+
+@pytest.mark.parametrize("shallow, deep, span", [(0.05, 0.5, 0.1), (0.6, 0.4, 1.0), (0.2, 0.4, 0.5)])
+def test_discriminative_span_follows_the_shift_profile_within_bounds(shallow, deep, span):
+    measured = Similarity(score=0.1, shift=deep, shift_shallow=shallow)
+    assert planner.discriminative_span(measured)[0] == pytest.approx(span)
+
+
+def test_discriminative_span_defaults_without_a_measurement():
+    plan = plan_freeze(profile(200), Similarity.declare(False), GROUPS, learning_rate=1e-3)
+    assert plan.span == planner.DISCRIMINATIVE_SPAN
+    assert plan.group_learning_rates["g1"] == pytest.approx(1e-5)
 
 
 def test_fine_tuned_groups_are_capped_by_the_parameter_budget():
