@@ -220,3 +220,9 @@ def test_resampling_is_noted():
     plan = plan_freeze(data, similarity(0.6), GROUPS, image_size=96)
     assert "median 32x32 px, upsampled x3.0 to 96 px" in plan.explain()
     assert "upsampled" not in plan_freeze(data, similarity(0.6), GROUPS, image_size=48).explain()
+
+
+def test_imbalance_is_pointed_out():
+    data = DataProfile.from_counts([300, 300, 90])
+    assert "largest/smallest 3.33" in plan_freeze(data, similarity(0.6), GROUPS).explain()
+    assert "imbalanced" not in plan_freeze(profile(100), similarity(0.6), GROUPS).explain()

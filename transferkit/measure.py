@@ -86,8 +86,12 @@ def group_infos(transfer) -> list[GroupInfo]:
         transfer: The model.
 
     Returns:
-        One :class:`~transferkit.planner.GroupInfo` per backbone group.
+        One :class:`~transferkit.planner.GroupInfo` per backbone group;
+        ``params`` counts what fine-tuning would train (BatchNorm layers
+        stay frozen, so theirs are left out).
     """
+    import keras
+
     model = transfer.model
     out = []
     for group in transfer.groups:
@@ -96,6 +100,8 @@ def group_infos(transfer) -> list[GroupInfo]:
             try:
                 layer = model.get_layer(name)
             except ValueError:
+                continue
+            if isinstance(layer, keras.layers.BatchNormalization):
                 continue
             params += int(sum(np.prod(w.shape) for w in layer.weights))
         out.append(GroupInfo(group.name, params, group.is_single_cut))

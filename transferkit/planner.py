@@ -104,6 +104,8 @@ SIMILAR_AT = 0.5
 DISCRIMINATIVE_SPAN = 0.1
 #: Share of groups, from the top, fine-tuned on large similar data.
 SIMILAR_SHARE = 1 / 3
+#: Largest over smallest class at which the plan suggests class weights.
+IMBALANCED_AT = 3.0
 #: The planner's head in every quadrant: pooled features → dropout → output,
 #: the linear classifier of the transfer literature (Kornblith et al. 2019).
 LINEAR_HEAD = {"pooling": "avg", "dense": [], "dropout": 0.2, "batch_norm": False, "activation": "relu"}
@@ -443,6 +445,9 @@ def plan_freeze(
                       f"({'at least' if similar else 'under'} {SIMILAR_AT}).")
     quadrant = f"{'small' if small else 'large'}+{'similar' if similar else 'different'}"
     reasons = [size_reason, sim_reason]
+    if profile.imbalance >= IMBALANCED_AT:
+        reasons.append(f"Classes are imbalanced (largest/smallest {profile.imbalance:g}, smallest "
+                       f"{profile.per_class_min}): consider class_weight (--class-weight).")
     if profile.resolution and image_size:
         factor = image_size / min(profile.resolution)
         if factor >= 2 or factor <= 0.25:
