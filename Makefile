@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean bench bench-planner
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Benchmarks: real runs, printed tables, JSON results (minutes, not a test).
+bench: $(VENV)/.installed
+	$(PY) benchmarks/performance.py
+
+bench-planner: $(VENV)/.installed
+	$(PY) benchmarks/planner.py --seeds 0 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -168,3 +168,35 @@ def test_stage_2_is_undone_when_it_ends_below_stage_1(tiny, mobilenet_v2_h5):
     x = tiny.x_val.astype("float32")
     accuracy = float(np.mean(result.model.predict(x, verbose=0).argmax(1) == tiny.y_val))
     assert accuracy == pytest.approx(head["val_accuracy"], abs=1e-4)
+
+
+def test_mixed_precision_trains_restores_the_policy_and_saves(tiny, mobilenet_v2_h5, tmp_path):
+    import keras
+
+    from transferkit.finetune import finetune
+
+    recipe = _recipe(mobilenet_v2_h5, epochs=1, fine_tune_epochs=1, mixed_precision="mixed_bfloat16")
+    result = finetune(tiny, recipe=recipe, output=tmp_path / "run", verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process is left as found
+    assert result.model.get_layer("Conv_1").compute_dtype == "bfloat16"
+    assert result.model.get_layer("head_output").compute_dtype == "float32"
+    assert result.metrics["precision"] == "mixed_bfloat16"
+    assert all(row["seconds"] > 0 for row in result.history)
+    loaded = keras.models.load_model(tmp_path / "run" / "model.keras")
+    x = tiny.x_val[:2].astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_unknown_precision_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="mixed_precision must be one of"):
+        Recipe(mixed_precision="float8")
+
+
+@pytest.mark.parametrize("groups, epochs", [(18, 15), (3, 3), (2, 7), (1, 1)])
+def test_gradual_steps_add_groups_up_to_all_within_the_epoch_budget(groups, epochs):
+    from transferkit.finetune import _gradual_steps
+
+    steps = _gradual_steps(groups, epochs)
+    unfrozen = [g for g, _ in steps]
+    assert unfrozen == sorted(set(unfrozen)) and unfrozen[-1] == groups and unfrozen[0] >= 1
+    assert sum(e for _, e in steps) == epochs and all(e >= 1 for _, e in steps)

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, help="batch size")
     tune.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency")
     tune.add_argument("--no-feature-cache", action="store_true", help="always run the frozen layers live")
+    tune.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
+                      help="compute in 16 bits (float32 weights and outputs)")
+    tune.add_argument("--jit-compile", action="store_true", help="compile training steps with XLA")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
     tune.add_argument("-q", "--quiet", action="store_true", help="one line per epoch, no progress bars")
 
@@ -135,6 +138,8 @@ def _recipe_from_args(args: argparse.Namespace):
         feature_cache=False if getattr(args, "no_feature_cache", False) else None,
         class_weight=True if getattr(args, "class_weight", False) else None,
         allow_download=False if args.offline else None,
+        mixed_precision=getattr(args, "mixed_precision", None),
+        jit_compile=True if getattr(args, "jit_compile", False) else None,
         **optional,
     )
     data = args.data or recipe.data

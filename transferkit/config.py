@@ -24,6 +24,8 @@ __all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE", "PLANS", "S
 PLANS = ("auto", "none")
 #: Declared similarities.
 SIMILARITIES = ("similar", "different")
+#: Mixed-precision policies.
+PRECISIONS = ("mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class Recipe:
         feature_cache: Run the frozen part of the network once per image
             and train the rest on its outputs (off when augmenting).
         allow_download: Whether official weights may be downloaded.
+        mixed_precision: ``"mixed_float16"`` or ``"mixed_bfloat16"`` computes
+            in 16 bits with float32 weights (the output layer stays float32);
+            ``None`` is float32 throughout.
+        jit_compile: Compile training steps with XLA; ``None`` is Keras's
+            ``"auto"`` (off on CPU).
     """
 
     data: str | None = None
@@ -95,6 +102,8 @@ class Recipe:
     class_weight: bool = False
     feature_cache: bool = True
     allow_download: bool = True
+    mixed_precision: str | None = None
+    jit_compile: bool | None = None
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 0)
@@ -112,6 +121,8 @@ class Recipe:
                 raise RecipeError(f"{name} must be a positive number, got {value!r}.")
         if not isinstance(self.val_split, (int, float)) or not 0 < self.val_split < 1:
             raise RecipeError(f"val_split must be between 0 and 1 (exclusive), got {self.val_split!r}.")
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
+            raise RecipeError(f"mixed_precision must be one of {PRECISIONS} or absent, got {self.mixed_precision!r}.")
         if self.plan not in PLANS:
             raise RecipeError(f"plan must be one of {PLANS}, got {self.plan!r}.")
         if self.similarity is not None and self.similarity not in SIMILARITIES:

@@ -109,6 +109,7 @@ class StageResult:
         augment: ``"on"`` or ``"off"``.
         kept: Whether the stage's weights were kept (stage 2 is undone when
             it ends below stage 1 on the validation set).
+        epoch_seconds: Wall time of each epoch (validation included).
     """
 
     name: str
@@ -124,6 +125,7 @@ class StageResult:
     unfrozen_groups: list[str]
     augment: str = "off"
     kept: bool = True
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -319,6 +321,8 @@ def _train_stage(
         cache_state = "off: nothing frozen"
     train_model = model
     if cache_state == "on":
+        if cut == transfer.groups[-1].end and any(layer.name == "head_pool" for layer in model.layers):
+            cut = "head_pool"  # pooling has no weights: cache the pooled features, 1/(h*w) the size
         lower, train_model = split_model(model, cut)
         t0 = time.perf_counter()
         batch = max(64, recipe.batch_size)
@@ -340,6 +344,7 @@ def _train_stage(
     else:
         optimizer = keras.optimizers.Adam(lr)
     train_model.compile(
+        jit_compile="auto" if recipe.jit_compile is None else recipe.jit_compile,
         optimizer=optimizer,
         loss=transfer.task.loss,
         metrics=list(transfer.task.metrics),
@@ -352,12 +357,18 @@ def _train_stage(
                                             restore_best_weights=True)
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    fit = train_model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stopper], shuffle=False,
-                          class_weight=weights, verbose=_verbose(verbose))
+    clock: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: clock.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: clock.append(time.perf_counter() - clock.pop()),
+    )
+    fit = train_model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[timer, stopper],
+                          shuffle=False, class_weight=weights, verbose=_verbose(verbose))
     evaluation = train_model.evaluate(val_ds, verbose=0, return_dict=True)
     for epoch in range(len(fit.history.get("loss", []))):
         row = {"stage": name, "epoch": epoch + 1}
         row.update({k: float(v[epoch]) for k, v in fit.history.items()})
+        row["seconds"] = round(clock[epoch], 3) if epoch < len(clock) else None
         history.append(row)
     best = stopper.best_epoch + 1 if stopper.best_weights is not None else len(fit.history.get("loss", []))
     accuracy = evaluation.get("accuracy", evaluation.get("binary_accuracy"))
@@ -374,6 +385,7 @@ def _train_stage(
         learning_rate=learning_rate,
         unfrozen_groups=unfrozen,
         augment="off" if augment is None else "on",
+        epoch_seconds=[round(c, 3) for c in clock],
     )
 
 
@@ -669,10 +681,22 @@ def finetune(
     """
     started = time.perf_counter()
     recipe, spec, images, resolution, build = _prepare(data, recipe, output, registry, overrides)
-    size, task = recipe.image_size, build["task"]
+    import keras  # after the inputs are checked: bad input fails fast, without TensorFlow
 
+    previous_policy = keras.mixed_precision.global_policy()
+    if recipe.mixed_precision:
+        keras.mixed_precision.set_global_policy(recipe.mixed_precision)
+    try:
+        return _finetune(recipe, spec, images, resolution, build, started, verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _finetune(recipe, spec, images, resolution, build, started, verbose) -> FineTuneResult:
+    """:func:`finetune` after the inputs are checked, under the recipe's precision policy."""
     import keras
 
+    size, task = recipe.image_size, build["task"]
     keras.utils.set_random_seed(recipe.seed)
     transfer = build_model(spec, **build)
     log.info("Backbone %s %s at %d px; %d layer groups: %s", spec.name, transfer.variant or "", size,
@@ -712,6 +736,8 @@ def finetune(
         "stages": [asdict(s) for s in stages],
         "seconds_total": None,
         "seed": recipe.seed,
+        "precision": recipe.mixed_precision or "float32",
+        "jit_compile": "auto" if recipe.jit_compile is None else recipe.jit_compile,
         "versions": _versions(),
     }
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)

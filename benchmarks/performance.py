@@ -1,0 +1,273 @@
+"""transferkit against plain Keras: stage-1 epochs, stage-2 throughput, the demo, peak memory.
+
+Plain Keras is the keras.io transfer-learning guide's code, written out here:
+``base.trainable = False``, ``base(x, training=False)``, pooling, dropout,
+a softmax layer; for stage 2 the same model with the same groups unfrozen and
+BatchNorm frozen. Same data (the sign-language digits at 96 px, the demo's
+split), same weights, batch 32. Every measurement runs in a fresh process (so
+each has its own peak RSS), the parts alternate, and each is repeated; the
+medians are reported. This machine is shared and noisy: the ratios are the
+result, not the absolute times.
+
+Usage:
+    TRANSFERKIT_ASSETS=../shared/assets python benchmarks/performance.py [--repeats 3]
+
+Prints a table and writes benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIZE, EPOCHS, BATCH = 96, 6, 32
+HERE = Path(__file__).resolve().parent
+
+
+def _assets() -> Path:
+    return Path(os.environ.get("TRANSFERKIT_ASSETS", HERE.parents[1] / "shared" / "assets"))
+
+
+def _weights() -> str:
+    return str(_assets() / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
+
+
+def _images():
+    from transferkit.data import load_image_folder
+
+    return load_image_folder(_assets() / "datasets" / "sign-language-digits", image_size=SIZE,
+                             val_split=0.2, seed=0)
+
+
+def _recipe(**overrides):
+    from transferkit.config import DEMO_RECIPE
+
+    return DEMO_RECIPE.replace(weights=_weights(), epochs=EPOCHS, fine_tune_epochs=EPOCHS, patience=EPOCHS,
+                               **overrides)
+
+
+def _demo_groups() -> tuple[list[str], dict[str, float]]:
+    """The groups the demo's plan fine-tunes, and their rates."""
+    from transferkit.finetune import plan
+
+    demo_plan = plan(_images(), recipe=_recipe())
+    return list(demo_plan.fine_tuned), dict(demo_plan.group_learning_rates)
+
+
+def _plain_model(num_classes: int):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False,
+                                          weights=None)
+    base.load_weights(_weights())
+    base.trainable = False
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    model = keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+    return model, base
+
+
+def _fit_timed(model, images, rate, **compile_args) -> list[float]:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], **compile_args)
+    clock: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, l: clock.append(time.perf_counter()),
+        on_epoch_end=lambda e, l: clock.append(time.perf_counter() - clock.pop()))
+    model.fit(images.x_train.astype("float32"), images.y_train, batch_size=BATCH, epochs=EPOCHS,
+              validation_data=(images.x_val.astype("float32"), images.y_val), callbacks=[timer], verbose=0)
+    return clock
+
+
+def part_stage1_plain() -> dict:
+    images = _images()
+    model, _ = _plain_model(images.num_classes)
+    epochs = _fit_timed(model, images, 3e-3)
+    return {"epoch_seconds": epochs, "train_images": len(images.y_train)}
+
+
+def part_stage1_transferkit() -> dict:
+    from transferkit.finetune import build_model, train_head
+
+    images = _images()
+    transfer = build_model("mobilenet_v2", num_outputs=images.num_classes, image_size=SIZE,
+                           weights=_weights(), alpha=0.35)
+    stage = train_head(transfer, images, _recipe(), verbose=0)
+    return {"epoch_seconds": stage.epoch_seconds, "feature_seconds": stage.feature_seconds,
+            "feature_cache": stage.feature_cache, "train_images": len(images.y_train)}
+
+
+def part_stage2_plain() -> dict:
+    import keras
+
+    from transferkit.graph import find_groups
+    from transferkit.registry import get_backbone
+
+    images = _images()
+    groups, _ = _demo_groups()
+    model, base = _plain_model(images.num_classes)
+    unfrozen = {name for g in find_groups(base, get_backbone("mobilenet_v2").layer_groups) if g.name in groups
+                for name in g.layers}
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name in unfrozen and not isinstance(layer, keras.layers.BatchNormalization)
+    epochs = _fit_timed(model, images, 3e-4)
+    return {"epoch_seconds": epochs, "train_images": len(images.y_train), "unfrozen_groups": len(groups)}
+
+
+def _stage2_transferkit(**recipe) -> dict:
+    from transferkit.finetune import build_model, train_unfrozen
+
+    images = _images()
+    groups, rates = _demo_groups()
+    transfer = build_model("mobilenet_v2", num_outputs=images.num_classes, image_size=SIZE,
+                           weights=_weights(), alpha=0.35)
+    stage = train_unfrozen(transfer, images, _recipe(**recipe), len(groups), rates=rates, verbose=0)
+    return {"epoch_seconds": stage.epoch_seconds, "feature_seconds": stage.feature_seconds,
+            "train_images": len(images.y_train), "unfrozen_groups": len(groups)}
+
+
+def part_stage2_transferkit() -> dict:
+    return _stage2_transferkit()
+
+
+def part_stage2_transferkit_jit() -> dict:
+    return _stage2_transferkit(jit_compile=True)
+
+
+def part_stage2_transferkit_bf16() -> dict:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    return _stage2_transferkit(mixed_precision="mixed_bfloat16")
+
+
+def part_stage2_transferkit_fp16() -> dict:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    return _stage2_transferkit(mixed_precision="mixed_float16")
+
+
+def part_demo() -> dict:
+    import tempfile
+
+    from transferkit.cli import main
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        code = main(["finetune", "--demo", "-q", "--output", out])
+        seconds = time.perf_counter() - start
+        metrics = json.loads((Path(out) / "metrics.json").read_text())
+    return {"exit": code, "seconds": round(seconds, 2), "val_accuracy": metrics["val_accuracy"],
+            "quadrant": metrics["plan"]["quadrant"]}
+
+
+PARTS = {name[len("part_"):]: fn for name, fn in globals().items() if name.startswith("part_")}
+
+
+def _child(name: str) -> dict:
+    """Run one part in a fresh process; its result plus its own peak RSS."""
+    code = (f"import json, resource, sys; sys.path.insert(0, {str(HERE)!r}); import performance as p; "
+            f"r = p.PARTS[{name!r}](); r['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF)"
+            f".ru_maxrss / 1024, 1); print('RESULT ' + json.dumps(r))")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    if done.returncode or not line:
+        raise SystemExit(f"part {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[-1][len("RESULT "):])
+
+
+def _steady(epochs: list[float]) -> float:
+    """Median epoch time without the first epoch (tracing, warm-up)."""
+    return statistics.median(epochs[1:] if len(epochs) > 1 else epochs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    args = parser.parse_args(argv)
+    runs: dict[str, list[dict]] = {name: [] for name in args.parts}
+    for repeat in range(args.repeats):
+        for name in args.parts:
+            result = _child(name)
+            runs[name].append(result)
+            print(f"[{repeat + 1}/{args.repeats}] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+
+    def steady(name):
+        return statistics.median(_steady(r["epoch_seconds"]) for r in runs[name]) if runs.get(name) else None
+
+    def median(name, key):
+        return statistics.median(r[key] for r in runs[name]) if runs.get(name) else None
+
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+                   f"Python {platform.python_version()}",
+        "repeats": args.repeats, "epochs": EPOCHS, "batch_size": BATCH, "image_size": SIZE,
+        "epoch_seconds": {name: round(steady(name), 4) for name in runs if "epoch_seconds" in runs[name][0]},
+        "peak_rss_mb": {name: median(name, "peak_rss_mb") for name in runs},
+        "runs": runs,
+    }
+    plain1, cached1 = steady("stage1_plain"), steady("stage1_transferkit")
+    if plain1 and cached1:
+        feature = median("stage1_transferkit", "feature_seconds")
+        results["stage1_speedup"] = round(plain1 / cached1, 1)
+        results["stage1_feature_pass_seconds"] = feature
+        results["stage1_speedup_incl_feature_pass"] = round(10 * plain1 / (feature + 10 * cached1), 2)
+    plain2, ours2 = steady("stage2_plain"), steady("stage2_transferkit")
+    if plain2 and ours2:
+        n = runs["stage2_plain"][0]["train_images"]
+        results["stage2_images_per_second"] = {"plain_keras": round(n / plain2, 1), "transferkit": round(n / ours2, 1)}
+        results["stage2_throughput_ratio"] = round(plain2 / ours2, 2)
+        for variant in ("jit", "bf16", "fp16"):
+            if steady(f"stage2_transferkit_{variant}"):
+                results["stage2_images_per_second"][f"transferkit_{variant}"] = round(
+                    n / steady(f"stage2_transferkit_{variant}"), 1)
+    if runs.get("demo"):
+        results["demo_seconds"] = median("demo", "seconds")
+        results["demo_val_accuracy"] = median("demo", "val_accuracy")
+    results["peak_rss_mb_max"] = max(v for v in results["peak_rss_mb"].values() if v)
+
+    print(f"\n{'measurement':44s} {'plain Keras':>12s} {'transferkit':>12s} {'ratio':>7s}")
+    if "stage1_speedup" in results:
+        print(f"{'stage-1 epoch, s (frozen base)':44s} {plain1:12.3f} {cached1:12.3f} {results['stage1_speedup']:6.1f}x")
+        print(f"{'stage 1 over 10 epochs incl. feature pass, s':44s} {10 * plain1:12.1f} "
+              f"{results['stage1_feature_pass_seconds'] + 10 * cached1:12.1f} "
+              f"{results['stage1_speedup_incl_feature_pass']:6.2f}x")
+    if "stage2_throughput_ratio" in results:
+        ips = results["stage2_images_per_second"]
+        print(f"{'stage-2 images/s (same groups unfrozen)':44s} {ips['plain_keras']:12.1f} "
+              f"{ips['transferkit']:12.1f} {results['stage2_throughput_ratio']:6.2f}x")
+        for variant, label in (("jit", "XLA jit_compile"), ("bf16", "mixed_bfloat16"), ("fp16", "mixed_float16")):
+            if f"transferkit_{variant}" in ips:
+                print(f"{'  stage-2 images/s, ' + label:44s} {'':12s} {ips['transferkit_' + variant]:12.1f}")
+    if "demo_seconds" in results:
+        print(f"{'transferkit finetune --demo, s / val acc':44s} {'':12s} {results['demo_seconds']:12.1f} "
+              f"{results['demo_val_accuracy']:7.4f}")
+    for name, rss in results["peak_rss_mb"].items():
+        print(f"{'peak RSS, MB: ' + name:44s} {rss:12.0f}")
+    out = HERE / "results.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
