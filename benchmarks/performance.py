@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 SIZE, EPOCHS, BATCH = 96, 6, 32
+#: The precision/XLA variants run once, on a subset (float16 is emulated on CPUs and slow).
+VARIANT_IMAGES, VARIANT_EPOCHS = 320, 3
 HERE = Path(__file__).resolve().parent
 
 
@@ -128,14 +130,18 @@ def part_stage2_plain() -> dict:
     return {"epoch_seconds": epochs, "train_images": len(images.y_train), "unfrozen_groups": len(groups)}
 
 
-def _stage2_transferkit(**recipe) -> dict:
+def _stage2_transferkit(subset: int | None = None, epochs: int = EPOCHS, **recipe) -> dict:
     from transferkit.finetune import build_model, train_unfrozen
 
     images = _images()
+    if subset:  # the precision/XLA variants: fewer images, the same per-image work
+        images.x_train, images.y_train = images.x_train[:subset], images.y_train[:subset]
+        images.x_val, images.y_val = images.x_val[:subset // 4], images.y_val[:subset // 4]
     groups, rates = _demo_groups()
     transfer = build_model("mobilenet_v2", num_outputs=images.num_classes, image_size=SIZE,
                            weights=_weights(), alpha=0.35)
-    stage = train_unfrozen(transfer, images, _recipe(**recipe), len(groups), rates=rates, verbose=0)
+    stage = train_unfrozen(transfer, images, _recipe(**recipe), len(groups), rates=rates, epochs=epochs,
+                           verbose=0)
     return {"epoch_seconds": stage.epoch_seconds, "feature_seconds": stage.feature_seconds,
             "train_images": len(images.y_train), "unfrozen_groups": len(groups)}
 
@@ -144,22 +150,26 @@ def part_stage2_transferkit() -> dict:
     return _stage2_transferkit()
 
 
-def part_stage2_transferkit_jit() -> dict:
-    return _stage2_transferkit(jit_compile=True)
+def part_variant_float32() -> dict:
+    return _stage2_transferkit(subset=VARIANT_IMAGES, epochs=VARIANT_EPOCHS)
 
 
-def part_stage2_transferkit_bf16() -> dict:
+def part_variant_jit() -> dict:
+    return _stage2_transferkit(subset=VARIANT_IMAGES, epochs=VARIANT_EPOCHS, jit_compile=True)
+
+
+def part_variant_bf16() -> dict:
     import keras
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    return _stage2_transferkit(mixed_precision="mixed_bfloat16")
+    return _stage2_transferkit(subset=VARIANT_IMAGES, epochs=VARIANT_EPOCHS)
 
 
-def part_stage2_transferkit_fp16() -> dict:
+def part_variant_fp16() -> dict:
     import keras
 
     keras.mixed_precision.set_global_policy("mixed_float16")
-    return _stage2_transferkit(mixed_precision="mixed_float16")
+    return _stage2_transferkit(subset=VARIANT_IMAGES, epochs=VARIANT_EPOCHS)
 
 
 def part_demo() -> dict:
@@ -205,6 +215,8 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in args.parts}
     for repeat in range(args.repeats):
         for name in args.parts:
+            if name.startswith("variant_") and repeat > 0:
+                continue
             result = _child(name)
             runs[name].append(result)
             print(f"[{repeat + 1}/{args.repeats}] {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
@@ -234,10 +246,11 @@ def main(argv=None) -> int:
         n = runs["stage2_plain"][0]["train_images"]
         results["stage2_images_per_second"] = {"plain_keras": round(n / plain2, 1), "transferkit": round(n / ours2, 1)}
         results["stage2_throughput_ratio"] = round(plain2 / ours2, 2)
-        for variant in ("jit", "bf16", "fp16"):
-            if steady(f"stage2_transferkit_{variant}"):
-                results["stage2_images_per_second"][f"transferkit_{variant}"] = round(
-                    n / steady(f"stage2_transferkit_{variant}"), 1)
+    if runs.get("variant_float32"):
+        n = runs["variant_float32"][0]["train_images"]
+        results["stage2_variants_images_per_second"] = {
+            variant: round(n / steady(f"variant_{variant}"), 1)
+            for variant in ("float32", "jit", "bf16", "fp16") if runs.get(f"variant_{variant}")}
     if runs.get("demo"):
         results["demo_seconds"] = median("demo", "seconds")
         results["demo_val_accuracy"] = median("demo", "val_accuracy")
@@ -253,9 +266,12 @@ def main(argv=None) -> int:
         ips = results["stage2_images_per_second"]
         print(f"{'stage-2 images/s (same groups unfrozen)':44s} {ips['plain_keras']:12.1f} "
               f"{ips['transferkit']:12.1f} {results['stage2_throughput_ratio']:6.2f}x")
-        for variant, label in (("jit", "XLA jit_compile"), ("bf16", "mixed_bfloat16"), ("fp16", "mixed_float16")):
-            if f"transferkit_{variant}" in ips:
-                print(f"{'  stage-2 images/s, ' + label:44s} {'':12s} {ips['transferkit_' + variant]:12.1f}")
+    for variant, label in (("float32", "float32"), ("jit", "XLA jit_compile"), ("bf16", "mixed_bfloat16"),
+                           ("fp16", "mixed_float16")):
+        ips = results.get("stage2_variants_images_per_second", {})
+        if variant in ips:
+            print(f"{'stage-2 images/s, subset, ' + label:44s} {'':12s} {ips[variant]:12.1f} "
+                  f"{ips[variant] / ips['float32']:6.2f}x")
     if "demo_seconds" in results:
         print(f"{'transferkit finetune --demo, s / val acc':44s} {'':12s} {results['demo_seconds']:12.1f} "
               f"{results['demo_val_accuracy']:7.4f}")
