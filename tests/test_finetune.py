@@ -200,3 +200,19 @@ def test_gradual_steps_add_groups_up_to_all_within_the_epoch_budget(groups, epoc
     unfrozen = [g for g, _ in steps]
     assert unfrozen == sorted(set(unfrozen)) and unfrozen[-1] == groups and unfrozen[0] >= 1
     assert sum(e for _, e in steps) == epochs and all(e >= 1 for _, e in steps)
+
+
+def test_feature_cache_on_disk_gives_the_same_model_and_leaves_nothing(tiny, mobilenet_v2_h5, monkeypatch,
+                                                                       tmp_path):
+    from transferkit.finetune import finetune
+
+    monkeypatch.setenv("TRANSFERKIT_MAX_CACHED_GB", "0")
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path))
+    disk = finetune(tiny, recipe=_recipe(mobilenet_v2_h5), verbose=0)
+    monkeypatch.delenv("TRANSFERKIT_MAX_CACHED_GB")
+    memory = finetune(tiny, recipe=_recipe(mobilenet_v2_h5), verbose=0)
+    assert [s["feature_cache"][:9] for s in disk.metrics["stages"]] == ["on (disk:"] * 2
+    assert [s["feature_cache"] for s in memory.metrics["stages"]] == ["on"] * 2
+    assert list(tmp_path.iterdir()) == []  # the mapped files were unlinked
+    for a, b in zip(disk.model.get_weights(), memory.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

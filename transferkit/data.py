@@ -432,6 +432,8 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    if any(isinstance(a, np.memmap) for a in (x if isinstance(x, tuple) else (x,))):
+        return _mapped_dataset(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
@@ -450,3 +452,33 @@ def make_dataset(
     else:
         dataset = dataset.map(lambda a, b: (cast(a), b), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _mapped_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int):
+    """Batches gathered from memory-mapped arrays: only the indices live in TensorFlow.
+
+    The batches are the ones :func:`make_dataset` makes from in-memory arrays
+    with the same seed (the shuffle permutes indices the same way).
+    """
+    import tensorflow as tf
+
+    arrays = x if isinstance(x, tuple) else (x,)
+    labels = np.asarray(y)
+    dataset = tf.data.Dataset.range(len(labels))
+    if shuffle:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+
+    def gather(index):
+        return tuple(np.asarray(a[index], dtype=np.float32) for a in arrays) + (labels[index],)
+
+    types = [tf.float32] * len(arrays) + [tf.as_dtype(labels.dtype)]
+
+    def load(index):
+        *features, target = tf.numpy_function(gather, [index], types)
+        for tensor, array in zip(features, arrays):
+            tensor.set_shape((None, *array.shape[1:]))
+        target.set_shape((None, *labels.shape[1:]))
+        return (tuple(features) if isinstance(x, tuple) else features[0]), target
+
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -290,6 +290,54 @@ def _predict(model, x, batch_size: int):
     return model.predict(dataset, verbose=0)
 
 
+#: Environment variable: GiB of cached frozen features kept in memory (default 4);
+#: larger caches go to memory-mapped files in ``$TRANSFERKIT_CACHE_DIR`` (default: the system's temp).
+CACHE_BUDGET_ENV = "TRANSFERKIT_MAX_CACHED_GB"
+CACHE_DIR_ENV = "TRANSFERKIT_CACHE_DIR"
+
+
+def _cache_budget() -> float:
+    raw = os.environ.get(CACHE_BUDGET_ENV, "4")
+    try:
+        return float(raw) * 2**30
+    except ValueError:
+        raise RecipeError(f"{CACHE_BUDGET_ENV} must be a number of GiB, got {raw!r}.") from None
+
+
+def _predict_to_disk(model, x, batch_size: int):
+    """Outputs of ``model`` on ``x``, written chunk by chunk into memory-mapped ``.npy`` files.
+
+    The files are unlinked as soon as they are mapped: the data lives until the
+    arrays are garbage-collected, and nothing is left behind if the process dies.
+    """
+    import tempfile
+
+    outputs = model.outputs
+    folder = tempfile.mkdtemp(prefix="transferkit-features-", dir=os.environ.get(CACHE_DIR_ENV))
+    arrays = [np.lib.format.open_memmap(os.path.join(folder, f"{k}.npy"), mode="w+", dtype=np.float32,
+                                        shape=(len(x), *[int(d) for d in t.shape[1:]]))
+              for k, t in enumerate(outputs)]
+    chunk = max(batch_size, 1024)
+    for start in range(0, len(x), chunk):
+        result = _predict(model, x[start:start + chunk], batch_size)
+        for array, part in zip(arrays, result if isinstance(result, list) else [result]):
+            array[start:start + len(part)] = np.asarray(part, dtype=np.float32)
+    mapped = []
+    for k, array in enumerate(arrays):
+        array.flush()
+        path = os.path.join(folder, f"{k}.npy")
+        mapped.append(np.load(path, mmap_mode="r"))
+        try:
+            os.unlink(path)
+        except OSError:  # pragma: no cover - Windows keeps mapped files; the temp dir stays
+            pass
+    try:
+        os.rmdir(folder)
+    except OSError:  # pragma: no cover
+        pass
+    return mapped if len(mapped) > 1 else mapped[0]
+
+
 def _train_stage(
     transfer: TransferModel,
     data: ImageSet,
@@ -326,12 +374,19 @@ def _train_stage(
         lower, train_model = split_model(model, cut)
         t0 = time.perf_counter()
         batch = max(64, recipe.batch_size)
-        x_train = _predict(lower, data.x_train, batch)
-        x_val = _predict(lower, data.x_val, batch)
+        per_image = sum(int(np.prod(t.shape[1:])) * 4 for t in lower.outputs)
+        needed = per_image * (len(data.y_train) + len(data.y_val))
+        if needed > _cache_budget():
+            x_train = _predict_to_disk(lower, data.x_train, batch)
+            x_val = _predict_to_disk(lower, data.x_val, batch)
+            cache_state = f"on (disk: {needed / 2**30:.2f} GiB over the {CACHE_BUDGET_ENV} budget)"
+        else:
+            x_train = _predict(lower, data.x_train, batch)
+            x_val = _predict(lower, data.x_val, batch)
         if isinstance(x_train, list):
             x_train, x_val = tuple(x_train), tuple(x_val)
         feature_seconds = time.perf_counter() - t0
-        log.info("%s: frozen features below %s computed in %.1fs", name, cut, feature_seconds)
+        log.info("%s: frozen features below %s computed in %.1fs (%s)", name, cut, feature_seconds, cache_state)
 
     steps = math.ceil(len(data.y_train) / recipe.batch_size)
     lr: Any = learning_rate
