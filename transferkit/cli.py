@@ -56,9 +56,6 @@ def _parser() -> argparse.ArgumentParser:
         epilog=FINETUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_options(tune)
-    tune.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
-    tune.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (0 skips stage 2)")
-    tune.add_argument("--learning-rate", type=float, help="stage 1 learning rate")
     tune.add_argument("--batch-size", type=int, help="batch size")
     tune.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency")
     tune.add_argument("--no-feature-cache", action="store_true", help="always run the frozen layers live")
@@ -75,9 +72,6 @@ def _parser() -> argparse.ArgumentParser:
         epilog=PLAN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_options(planning)
-    planning.add_argument("--epochs", type=int, help="stage 1 epoch budget")
-    planning.add_argument("--fine-tune-epochs", type=int, help="stage 2 epoch budget")
-    planning.add_argument("--learning-rate", type=float, help="stage 1 learning rate")
     planning.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     guess = commands.add_parser("predict", help="top classes of images with a finetune run's model")
@@ -102,6 +96,9 @@ def _data_options(command: argparse.ArgumentParser) -> None:
     validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
     command.add_argument("--seed", type=int, help="seed of split, sample, shuffling and initialisation")
     command.add_argument("--offline", action="store_true", help="never download weights or data")
+    command.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
+    command.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (0 skips stage 2)")
+    command.add_argument("--learning-rate", type=float, help="stage 1 learning rate (stage 2 starts at a tenth)")
     plan = command.add_argument_group("freeze plan (each flag overrides the planner, and is recorded)")
     plan.add_argument("--plan", choices=["auto", "none"],
                       help="auto (default): measure the data and plan; none: the flags as given")
