@@ -506,8 +506,10 @@ def plan_freeze(
             f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned, "
             f"only the stem stays frozen"
             + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)" if count < len(groups) - 1 else "")
-            + f"; discriminative rates from {stage2_rate * span:.1e} ({fine_tuned[0]}) to "
-              f"{stage2_rate:.1e} ({fine_tuned[-1]}), a span of {span:.2f}: {span_reason}."
+            + (f"; discriminative rates from {stage2_rate * span:.1e} ({fine_tuned[0]}) to "
+               f"{stage2_rate:.1e} ({fine_tuned[-1]}), a span of {span:.2f}: {span_reason}."
+               if span < 1 else
+               f"; every group at {stage2_rate:.1e} (a discriminative span of 1.00: {span_reason}).")
         )
     if quadrant == "large+different":
         rates = discriminative_rates(fine_tuned, stage2_rate, span)
