@@ -79,6 +79,7 @@ class TransferModel:
         weights_source: Where the backbone weights came from.
         image_size: Square input side.
         variant: Backbone variant arguments.
+        head: The head's configuration.
     """
 
     model: Any
@@ -88,6 +89,7 @@ class TransferModel:
     weights_source: WeightsSource
     image_size: int
     variant: dict[str, Any] = field(default_factory=dict)
+    head: HeadConfig = field(default_factory=HeadConfig)
 
 
 @dataclass
@@ -227,7 +229,7 @@ def build_model(
     # Rebuild from config so every layer has exactly one node (layer.output works).
     model = keras.Model.from_config(traced.get_config())
     model.set_weights(traced.get_weights())
-    transfer = TransferModel(model, spec, groups, task_info, source, size, dict(variant))
+    transfer = TransferModel(model, spec, groups, task_info, source, size, dict(variant), head)
     unfreeze(transfer, 0)
     return transfer
 
