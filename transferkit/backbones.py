@@ -58,7 +58,7 @@ def check_image_size(spec: BackboneSpec, size: int, include_top: bool = False) -
     return size
 
 
-def add_preprocessing(mode: str, inputs):
+def add_preprocessing(mode: str, inputs, keras_module=None):
     """Apply a backbone's ``preprocess_input`` as serialisable Keras layers.
 
     The model then takes raw RGB pixels in [0, 255], so training, evaluation
@@ -70,6 +70,8 @@ def add_preprocessing(mode: str, inputs):
             ``"caffe"`` (BGR, mean subtracted) or ``"builtin"`` (the
             backbone rescales itself: nothing added).
         inputs: A symbolic Keras tensor of RGB pixels.
+        keras_module: ``keras`` (default) or ``tf_keras``, for the twin
+            (:mod:`transferkit.compat`).
 
     Returns:
         The preprocessed tensor.
@@ -77,7 +79,9 @@ def add_preprocessing(mode: str, inputs):
     Raises:
         RecipeError: For an unknown mode.
     """
-    import keras
+    if keras_module is None:
+        import keras as keras_module
+    keras = keras_module
 
     if mode == "builtin":
         return inputs
@@ -88,7 +92,12 @@ def add_preprocessing(mode: str, inputs):
         offset = [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD)]
         return keras.layers.Rescaling(scale, offset=offset, name="preprocess")(inputs)
     if mode == "caffe":
-        bgr = keras.ops.flip(inputs, axis=-1)
+        if hasattr(keras, "ops"):
+            bgr = keras.ops.flip(inputs, axis=-1)
+        else:  # tf_keras has no ops module: the same flip as a layer
+            import tensorflow as tf
+
+            bgr = keras.layers.Lambda(lambda t: tf.reverse(t, axis=[-1]), name="to_bgr")(inputs)
         offset = [-m for m in _CAFFE_MEAN_BGR]
         return keras.layers.Rescaling(1.0, offset=offset, name="preprocess")(bgr)
     raise RecipeError(f"Unknown preprocessing mode {mode!r}; expected tf, torch, caffe or builtin.")

@@ -37,45 +37,6 @@ def _tf_keras():
     return tf_keras
 
 
-def _preprocessing(tfk, mode: str, inputs):
-    """The tf_keras twin of :func:`transferkit.backbones.add_preprocessing`."""
-    from transferkit.backbones import _CAFFE_MEAN_BGR, _TORCH_MEAN, _TORCH_STD
-
-    if mode == "builtin":
-        return inputs
-    if mode == "tf":
-        return tfk.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
-    if mode == "torch":
-        scale = [1 / (255.0 * s) for s in _TORCH_STD]
-        offset = [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD)]
-        return tfk.layers.Rescaling(scale, offset=offset, name="preprocess")(inputs)
-    if mode == "caffe":
-        import tensorflow as tf
-
-        bgr = tfk.layers.Lambda(lambda t: tf.reverse(t, axis=[-1]), name="to_bgr")(inputs)
-        return tfk.layers.Rescaling(1.0, offset=[-m for m in _CAFFE_MEAN_BGR], name="preprocess")(bgr)
-    raise TwinError(f"Unknown preprocessing mode {mode!r}.")
-
-
-def _head(tfk, features, head, task):
-    """The tf_keras twin of :func:`transferkit.heads.build_head` (same layer names)."""
-    x = features
-    if len(x.shape) == 4:
-        pool = {"avg": tfk.layers.GlobalAveragePooling2D, "max": tfk.layers.GlobalMaxPooling2D,
-                "flatten": tfk.layers.Flatten}[head.pooling]
-        x = pool(name="head_pool")(x)
-    for i, units in enumerate(head.dense):
-        if head.dropout:
-            x = tfk.layers.Dropout(head.dropout, name=f"head_dropout_{i}")(x)
-        x = tfk.layers.Dense(units, name=f"head_dense_{i}")(x)
-        if head.batch_norm:
-            x = tfk.layers.BatchNormalization(name=f"head_bn_{i}")(x)
-        x = tfk.layers.Activation(head.activation, name=f"head_act_{i}")(x)
-    if head.dropout:
-        x = tfk.layers.Dropout(head.dropout, name="head_dropout")(x)
-    return tfk.layers.Dense(task.units, activation=task.activation, dtype="float32", name="head_output")(x)
-
-
 def _weighted(model) -> dict[str, Any]:
     """Weighted layers by name; Keras 3 spells tf_keras's ``conv1/bn`` as ``conv1_bn``."""
     return {layer.name.replace("/", "_"): layer for layer in model.layers if layer.weights}
@@ -96,7 +57,9 @@ def to_tf_keras(transfer) -> Any:
         TwinError: For a model transferkit did not build, or layers whose
             weights do not line up.
     """
+    from transferkit.backbones import add_preprocessing
     from transferkit.finetune import TransferModel
+    from transferkit.heads import build_head
 
     if not isinstance(transfer, TransferModel):
         raise TwinError(
@@ -109,11 +72,12 @@ def to_tf_keras(transfer) -> Any:
     if constructor is None:
         raise TwinError(f"tf_keras.applications has no {spec.constructor}: {spec.name} has no tf_keras twin.")
     inputs = tfk.Input((size, size, 3), name="image")
-    x = _preprocessing(tfk, spec.preprocessing, inputs)
+    x = add_preprocessing(spec.preprocessing, inputs, keras_module=tfk)
     base = constructor(input_tensor=x, include_top=False, weights=None, **transfer.variant)
     end = transfer.groups[-1].end
     features = base.get_layer(end).output if end != base.layers[-1].name else base.output
-    twin = tfk.Model(inputs, _head(tfk, features, transfer.head, transfer.task), name=transfer.model.name)
+    outputs = build_head(features, transfer.head, transfer.task, keras_module=tfk)
+    twin = tfk.Model(inputs, outputs, name=transfer.model.name)
     ours, theirs = _weighted(transfer.model), _weighted(twin)
     if set(ours) != set(theirs):
         missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))

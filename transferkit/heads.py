@@ -97,7 +97,7 @@ def task_spec(task: str, num_outputs: int) -> TaskSpec:
     return TaskSpec(task, num_outputs, "linear", "mse", ("mae",), ("val_loss", "min"))
 
 
-def build_head(features, config: HeadConfig, task: TaskSpec):
+def build_head(features, config: HeadConfig, task: TaskSpec, keras_module=None):
     """Add a head to a symbolic feature tensor.
 
     Layer names start with ``head_`` so the head is found by name later.
@@ -106,11 +106,15 @@ def build_head(features, config: HeadConfig, task: TaskSpec):
         features: Symbolic backbone output ``(batch, h, w, c)`` or ``(batch, c)``.
         config: The head's layers.
         task: Output units, activation (from :func:`task_spec`).
+        keras_module: ``keras`` (default) or ``tf_keras``, for the twin
+            (:mod:`transferkit.compat`).
 
     Returns:
         The symbolic output tensor (float32 even under mixed precision).
     """
-    import keras
+    if keras_module is None:
+        import keras as keras_module
+    keras = keras_module
 
     x = features
     if len(x.shape) == 4:
