@@ -21,6 +21,8 @@ class DiscriminativeAdam(keras.optimizers.Adam):
     Args:
         learning_rate: Peak rate or schedule, as for Adam.
         factors: ``{id(variable): factor}``; variables not listed get 1.
+            They are tied to live variables, so ``get_config`` (Adam's) does
+            not hold them.
         **kwargs: Other Adam arguments.
     """
 
@@ -38,10 +40,6 @@ class DiscriminativeAdam(keras.optimizers.Adam):
         """Adam's update at ``learning_rate`` times the variable's factor."""
         factor = self._factors[self._get_variable_index(variable)]
         return super().update_step(gradient, variable, learning_rate * factor)
-
-    def get_config(self):
-        """Adam's config; the factors are tied to live variables and not saved."""
-        return super().get_config()
 
 
 def group_factors(model, groups, rates: Mapping[str, float], peak: float) -> dict[int, float]:
