@@ -27,20 +27,21 @@ def mobilenet_v2_h5(assets) -> Path:
     return assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 
-@pytest.fixture(scope="session")
-def sign_digits(assets) -> Path:
-    path = assets / "datasets" / "sign-language-digits"
+def _dataset(assets: Path, name: str) -> Path:
+    path = assets / "datasets" / name
     if not path.is_dir():
         pytest.skip(f"{path} is missing")
     return path
+
+
+@pytest.fixture(scope="session")
+def sign_digits(assets) -> Path:
+    return _dataset(assets, "sign-language-digits")
 
 
 @pytest.fixture(scope="session")
 def cifar_small(assets) -> Path:
-    path = assets / "datasets" / "cifar10-small"
-    if not path.is_dir():
-        pytest.skip(f"{path} is missing")
-    return path
+    return _dataset(assets, "cifar10-small")
 
 
 @pytest.fixture()
