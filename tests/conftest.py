@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +51,17 @@ def isolated_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFERKIT_ASSETS", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny(sign_digits):
+    """3 classes x 16 real hand photos at 48 px: 12 train + 4 validation each."""
+    from transferkit.data import ImageSet, decode_images, scan_folder
+
+    scan = scan_folder(sign_digits)
+    picks = [i for c in range(3) for i in [j for j, y in enumerate(scan.labels) if y == c][:16]]
+    images, kept, _ = decode_images([scan.files[i] for i in picks], 48)
+    labels = np.repeat(np.arange(3, dtype=np.int32), 16)[kept]
+    val = np.zeros(len(labels), bool)
+    val[np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(3)])] = True
+    return ImageSet(images[~val], labels[~val], images[val], labels[val], ("0", "1", "2"), 48)

@@ -7,20 +7,7 @@ import numpy as np
 import pytest
 
 from transferkit.config import Recipe
-from transferkit.data import ImageSet, decode_images, scan_folder
 from transferkit.errors import RecipeError
-
-
-@pytest.fixture(scope="module")
-def tiny(sign_digits):
-    """3 classes x 16 real hand photos at 48 px: 12 train + 4 validation each."""
-    scan = scan_folder(sign_digits)
-    picks = [i for c in range(3) for i in [j for j, y in enumerate(scan.labels) if y == c][:16]]
-    images, kept, _ = decode_images([scan.files[i] for i in picks], 48)
-    labels = np.repeat(np.arange(3, dtype=np.int32), 16)[kept]
-    val = np.zeros(len(labels), bool)
-    val[np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(3)])] = True
-    return ImageSet(images[~val], labels[~val], images[val], labels[val], ("0", "1", "2"), 48)
 
 
 def _recipe(h5, **overrides):

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -57,6 +59,14 @@ _EXPORTS = {
     "train_unfrozen": "finetune",
     "FineTuneResult": "finetune",
     "predict": "predict",
+    "load_transfer": "finetune",
+    # pruning
+    "prune": "prune",
+    "prune_transfer": "prune",
+    "PruneConfig": "prune",
+    "PruneResult": "prune",
+    "to_tf_keras": "compat",
+    "copy_weights_back": "compat",
     # errors
     "TransferkitError": "errors",
     "UnknownBackboneError": "errors",
@@ -82,3 +92,26 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+#: Functions named like the module that holds them (``transferkit.prune`` is
+#: the function, ``transferkit/prune.py`` the module).
+_SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == module)
+
+
+class _Package(types.ModuleType):
+    """Keeps ``transferkit.finetune``/``predict``/``prune`` the functions.
+
+    Importing a submodule sets it as an attribute of its package, which would
+    turn ``transferkit.prune(...)`` into a call of a module once anything had
+    imported ``transferkit.prune``. Submodules stay reachable through
+    ``from transferkit.prune import ...`` and ``sys.modules``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

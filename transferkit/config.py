@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from transferkit.data import AUGMENT_PRESETS, AugmentConfig
 from transferkit.errors import RecipeError
 from transferkit.heads import TASKS, HeadConfig
+from transferkit.prune import PruneConfig
 
 __all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE", "PLANS", "SIMILARITIES"]
 
@@ -74,6 +75,8 @@ class Recipe:
             ``None`` is float32 throughout.
         jit_compile: Compile training steps with XLA; ``None`` is Keras's
             ``"auto"`` (off on CPU).
+        prune: End the run with magnitude pruning
+            (:class:`~transferkit.prune.PruneConfig`); ``None`` does not prune.
     """
 
     data: str | None = None
@@ -104,6 +107,7 @@ class Recipe:
     allow_download: bool = True
     mixed_precision: str | None = None
     jit_compile: bool | None = None
+    prune: PruneConfig | None = None
 
     def __post_init__(self):
         _check_int("epochs", self.epochs, 0)
@@ -154,7 +158,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise RecipeError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
-_NESTED = {"head": HeadConfig, "augment": AugmentConfig}
+_NESTED = {"head": HeadConfig, "augment": AugmentConfig, "prune": PruneConfig}
 
 
 def _from_mapping(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
@@ -167,6 +171,8 @@ def _from_mapping(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
             raise RecipeError(f"Unknown recipe key {key!r} in {origin}.{hint} Known keys: {', '.join(sorted(known))}.")
         if key == "augment" and (isinstance(value, (bool, str))):
             pass  # a preset name, or true/false for light/none
+        elif key == "prune" and isinstance(value, bool):
+            value = PruneConfig() if value else None
         elif key in _NESTED and value is not None:
             if not isinstance(value, Mapping):
                 raise RecipeError(f"{origin}: {key} must be a mapping, got {value!r}.")
@@ -228,6 +234,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     out = dataclasses.asdict(recipe)
     out["variant"] = dict(recipe.variant)
     out["head"]["dense"] = list(recipe.head.dense)
+    out["prune"] = recipe.prune.to_dict() if recipe.prune is not None else None
     return out
 
 

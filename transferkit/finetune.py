@@ -60,6 +60,7 @@ __all__ = [
     "plan",
     "run_plan",
     "save_run",
+    "load_transfer",
 ]
 
 log = logging.getLogger("transferkit")
@@ -141,6 +142,8 @@ class FineTuneResult:
         recipe: The resolved recipe.
         output: Folder the run was saved to, if any.
         plan: The freeze plan that ran.
+        tflite: The pruned model as ``.tflite`` bytes, when the recipe
+            pruned (``model.tflite`` in the run folder).
     """
 
     model: Any
@@ -149,6 +152,7 @@ class FineTuneResult:
     recipe: Recipe
     output: str | None = None
     plan: FreezePlan | None = None
+    tflite: bytes | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -768,6 +772,13 @@ def _finetune(recipe, spec, images, resolution, build, started, verbose) -> Fine
     kept = [s for s in stages if s.kept]
     tuned = kept[-1].name.startswith("fine_tune") if kept else False
     unfreeze(transfer, len(kept[-1].unfrozen_groups) if tuned else 0)
+    pruned = None
+    if recipe.prune is not None:
+        from transferkit.prune import prune_transfer
+
+        pruned = prune_transfer(transfer, images, recipe.prune, batch_size=recipe.batch_size,
+                                seed=recipe.seed, verbose=verbose)
+        history.extend(pruned.history)
     transfer.model.compile(optimizer="adam", loss=transfer.task.loss, metrics=list(transfer.task.metrics))
 
     final = kept[-1] if kept else None
@@ -797,8 +808,12 @@ def _finetune(recipe, spec, images, resolution, build, started, verbose) -> Fine
         "jit_compile": "auto" if recipe.jit_compile is None else recipe.jit_compile,
         "versions": _versions(),
     }
+    if pruned is not None:
+        metrics["val_accuracy"] = pruned.metrics["val_accuracy_after"]
+        metrics["val_loss"] = pruned.metrics["val_loss_after"]
+        metrics.update(pruned.metrics)
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
-    result = FineTuneResult(transfer.model, metrics, history, recipe)
+    result = FineTuneResult(transfer.model, metrics, history, recipe, tflite=pruned.tflite if pruned else None)
     result.plan = plan
     if recipe.output:
         save_run(result, recipe.output)
@@ -850,5 +865,52 @@ def save_run(result: FineTuneResult, output: str | os.PathLike) -> Path:
     writer.writerows(result.history)
     _atomic_write(folder / "history.csv", buffer.getvalue())
     _atomic_write(folder / "recipe.yaml", yaml.safe_dump(recipe_to_dict(result.recipe), sort_keys=False))
+    if result.tflite is not None:
+        tmp = folder / f".model.{os.getpid()}.tflite"
+        tmp.write_bytes(result.tflite)
+        os.replace(tmp, folder / "model.tflite")
     _atomic_write(folder / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
     return folder
+
+
+def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, Any], Recipe]:
+    """Rebuild a saved run as a :class:`TransferModel`, its trained weights loaded.
+
+    ``model.keras`` alone is a plain Keras model; the run's ``metrics.json``
+    and ``recipe.yaml`` hold the description (backbone, variant, input size,
+    task, head, cut) that pruning's ``tf_keras`` twin is rebuilt from.
+
+    Args:
+        run_dir: Output folder of ``transferkit finetune``.
+
+    Returns:
+        ``(transfer, metrics, recipe)``.
+
+    Raises:
+        ModelDirError: When a file is missing or the model does not match
+            its description.
+    """
+    from transferkit.config import load_recipe
+    from transferkit.errors import ModelDirError
+    from transferkit.predict import load_run
+
+    folder = Path(run_dir)
+    if not (folder / "recipe.yaml").is_file():
+        raise ModelDirError(f"{str(folder)!r} is not a transferkit run folder: recipe.yaml missing. "
+                            "Pass the --output folder of a finished `transferkit finetune` run.")
+    model, metrics = load_run(folder)
+    recipe = load_recipe(folder / "recipe.yaml")
+    groups = metrics.get("layer_groups") or []
+    transfer = build_model(metrics["backbone"], num_outputs=int(model.outputs[0].shape[-1]),
+                           image_size=int(metrics["image_size"]), task=metrics["task"], head=recipe.head,
+                           weights=None, cut=groups[-1] if groups else None, **dict(metrics.get("variant") or {}))
+    saved = {layer.name: layer for layer in model.layers if layer.weights}
+    ours = {layer.name: layer for layer in transfer.model.layers if layer.weights}
+    if set(saved) != set(ours):
+        raise ModelDirError(f"{str(folder / 'model.keras')!r} does not match its metrics.json/recipe.yaml "
+                            f"description ({len(saved)} weighted layers saved, {len(ours)} rebuilt).")
+    for name, layer in ours.items():
+        layer.set_weights(saved[name].get_weights())
+        layer.trainable = saved[name].trainable
+    transfer.weights_source = WeightsSource("path", str(folder / "model.keras"))
+    return transfer, metrics, recipe

@@ -1,0 +1,590 @@
+"""Magnitude pruning through TF-MOT, across the Keras 3 / tf_keras boundary.
+
+TF-MOT wraps only ``tf_keras`` layers, so a transferkit model is pruned as
+its ``tf_keras`` twin (:mod:`transferkit.compat`): wrap the chosen layers in
+``prune_low_magnitude``, fine-tune while the sparsity rises on Zhu & Gupta's
+cubic schedule (2017, "To prune, or not to prune"), ``strip_pruning``, and
+copy the sparse weights back into the Keras 3 model. The user gets a Keras 3
+model whose zeros survive ``.keras`` saving, and a ``.tflite`` file.
+
+Which layers: by default every ``Conv2D`` and ``Dense`` kernel except the
+first convolution and the output layer. The first convolution sees raw
+colour and has few weights (864 in MobileNetV2); the output layer holds one
+row per class, and zeroing it removes evidence for a class outright. Both
+are small and sensitive; papers that prune ImageNet networks leave them
+dense (Zhu & Gupta 2017; Gale et al. 2019). ``DepthwiseConv2D`` (a subclass
+of ``Conv2D``) is never chosen automatically: a 3x3 depthwise kernel has 9
+weights per channel and each channel is its own filter, so zeroing 80 % of
+them removes whole spatial filters (measured: it wrecks MobileNets), and
+they hold few of the parameters anyway.
+
+Planning (which layers, what schedule) is pure functions over dataclasses;
+TensorFlow is imported inside the functions that train and measure.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from transferkit.errors import MissingDependencyError, RecipeError
+
+__all__ = [
+    "PruneConfig",
+    "LayerInfo",
+    "PruneResult",
+    "choose_layers",
+    "allocate_sparsity",
+    "layer_infos",
+    "sparsity_report",
+    "model_sizes",
+    "prune_transfer",
+    "prune",
+    "SCHEDULES",
+    "STRUCTURES",
+]
+
+log = logging.getLogger("transferkit")
+
+#: Sparsity schedules: Zhu & Gupta's cubic ramp, or the target from step 0.
+SCHEDULES = ("polynomial", "constant")
+#: ``unstructured`` zeroes any weights; ``2:4`` zeroes 2 of every 4
+#: consecutive weights of each output channel (50 %, what sparse tensor
+#: cores accelerate).
+STRUCTURES = ("unstructured", "2:4")
+#: BatchNorm while pruning: ``recalibrate`` normalises with batch statistics
+#: while the sparsity rises, then recomputes the moving statistics over the
+#: training set; ``frozen`` keeps the fine-tuned statistics (inference mode).
+BATCH_NORM = ("recalibrate", "frozen")
+#: How the target splits over layers: the same sparsity in every pruned
+#: kernel, or Erdős–Rényi-kernel densities (Evci et al. 2020, "Rigging the
+#: Lottery"): a kernel's density scales with the sum of its dimensions over
+#: their product, so big late layers (where the parameters are) are pruned
+#: harder and small early layers less; the global sparsity stays the target.
+ALLOCATIONS = ("uniform", "erdos_renyi")
+#: Most any one kernel is pruned under ``erdos_renyi``.
+MAX_LAYER_SPARSITY = 0.98
+#: Layer classes pruned by default (exact class names, so subclasses such as
+#: DepthwiseConv2D are not).
+AUTO_KINDS = ("Conv2D", "Dense")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune a fine-tuned model.
+
+    Attributes:
+        target_sparsity: Share of the pruned kernels' weights, all together,
+            that are zero at the end; ``allocation`` splits it over layers
+            (ignored for ``structure="2:4"``, which is 0.5 in every kernel).
+        initial_sparsity: Sparsity at the first pruning step.
+        epochs: Fine-tuning epochs while pruning.
+        ramp: Share of the epochs over which sparsity rises from initial to
+            target; the remaining epochs recover at the target.
+        schedule: ``"polynomial"`` (cubic, Zhu & Gupta) or ``"constant"``.
+        structure: ``"unstructured"`` or ``"2:4"``.
+        layers: ``"auto"`` (see the module docstring) or layer names /
+            shell patterns (``"block_1[3-6]_*"``).
+        learning_rate: Peak Adam learning rate (cosine-decayed).
+        frequency: Steps between mask updates; ``None`` is a quarter epoch.
+        batch_size: Batch size; ``None`` keeps the run's.
+        augment: Augmentation while pruning (``none``/``light``/``strong``).
+        quantize: Write the ``.tflite`` with dynamic-range (int8 weight)
+            quantisation.
+        summaries: Folder for TF-MOT's TensorBoard ``PruningSummaries``.
+        batch_norm: ``"recalibrate"`` or ``"frozen"`` (see :data:`BATCH_NORM`).
+        allocation: ``"uniform"`` or ``"erdos_renyi"`` (see
+            :data:`ALLOCATIONS`); either way the pruned kernels together
+            reach ``target_sparsity``.
+    """
+
+    target_sparsity: float = 0.8
+    initial_sparsity: float = 0.0
+    epochs: int = 15
+    ramp: float = 0.6
+    schedule: str = "polynomial"
+    structure: str = "unstructured"
+    layers: str | tuple[str, ...] = "auto"
+    learning_rate: float = 3e-3
+    frequency: int | None = None
+    batch_size: int | None = None
+    augment: str | None = None
+    quantize: bool = False
+    summaries: str | None = None
+    batch_norm: str = "recalibrate"
+    allocation: str = "erdos_renyi"
+
+    def __post_init__(self):
+        for name in ("target_sparsity", "initial_sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise RecipeError(f"prune.{name} must be a number in [0, 1), got {value!r} "
+                                  "(0.8 zeroes 80 % of each pruned kernel).")
+        if self.initial_sparsity > self.target_sparsity:
+            raise RecipeError(f"prune.initial_sparsity ({self.initial_sparsity}) must not exceed "
+                              f"prune.target_sparsity ({self.target_sparsity}).")
+        for name, low in (("epochs", 1), ("frequency", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise RecipeError(f"prune.{name} must be an integer >= {low}, got {value!r}.")
+        if not isinstance(self.ramp, (int, float)) or not 0 < self.ramp <= 1:
+            raise RecipeError(f"prune.ramp must be in (0, 1], got {self.ramp!r}.")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise RecipeError(f"prune.learning_rate must be a positive number, got {self.learning_rate!r}.")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"prune.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.batch_norm not in BATCH_NORM:
+            raise RecipeError(f"prune.batch_norm must be one of {BATCH_NORM}, got {self.batch_norm!r}.")
+        if self.allocation not in ALLOCATIONS:
+            raise RecipeError(f"prune.allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
+        if self.structure not in STRUCTURES:
+            raise RecipeError(f"prune.structure must be one of {STRUCTURES}, got {self.structure!r}.")
+        if isinstance(self.layers, (list, tuple)):
+            object.__setattr__(self, "layers", tuple(str(p) for p in self.layers))
+            if not self.layers:
+                raise RecipeError("prune.layers is empty: give 'auto' or at least one layer name or pattern.")
+        elif self.layers != "auto":
+            raise RecipeError(f"prune.layers must be 'auto' or a list of layer names/patterns, got {self.layers!r}.")
+
+    @property
+    def sparsity(self) -> float:
+        """The sparsity each pruned kernel ends at."""
+        return 0.5 if self.structure == "2:4" else float(self.target_sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready form."""
+        out = asdict(self)
+        out["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
+        return out
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the layer chooser needs to know of one layer.
+
+    Attributes:
+        name: Layer name.
+        kind: Class name (``"Conv2D"``, ``"DepthwiseConv2D"`` ...).
+        kernel_shape: Shape of its kernel, or ``()`` when it has none.
+    """
+
+    name: str
+    kind: str
+    kernel_shape: tuple[int, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Kernel weights."""
+        return int(np.prod(self.kernel_shape)) if self.kernel_shape else 0
+
+
+def choose_layers(layers: Sequence[LayerInfo], selection: str | Sequence[str] = "auto",
+                  structure: str = "unstructured") -> list[str]:
+    """Names of the layers to prune, in model order.
+
+    Args:
+        layers: Every layer of the model, input to output.
+        selection: ``"auto"``: every Conv2D/Dense kernel except the first
+            convolution and the output layer. Otherwise layer names or shell
+            patterns; each must match at least one prunable layer
+            (patterns skip DepthwiseConv2D layers; naming only those is an
+            error).
+        structure: ``"2:4"`` also needs each output channel's kernel to
+            hold a multiple of 4 weights (``auto`` skips layers that do not).
+
+    Returns:
+        The chosen layer names.
+
+    Raises:
+        RecipeError: A pattern that matches no prunable layer, a layer that
+            TF-MOT cannot prune, or nothing to prune.
+    """
+    kernels = [layer for layer in layers if layer.kernel_shape]
+    fits = (lambda info: structure != "2:4" or math.prod(info.kernel_shape[:-1]) % 4 == 0)
+    if selection == "auto":
+        candidates = [info for info in kernels if info.kind in AUTO_KINDS]
+        convs = [info for info in candidates if info.kind == "Conv2D"]
+        excluded = {convs[0].name} if convs else set()
+        excluded.add(kernels[-1].name)  # the output layer
+        chosen = [info.name for info in candidates if info.name not in excluded and fits(info)]
+        if not chosen:
+            raise RecipeError("The model has no Conv2D or Dense layer to prune besides the first "
+                              "convolution and the output layer.")
+        return chosen
+    patterns = [selection] if isinstance(selection, str) else list(selection)
+    by_name = {info.name: info for info in kernels}
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [name for name in by_name if fnmatch.fnmatchcase(name, pattern)]
+        matched = [name for name in hits if by_name[name].kind != "DepthwiseConv2D"]
+        if hits and not matched:
+            raise RecipeError(f"prune.layers: {pattern!r} matches only DepthwiseConv2D layers ({hits[0]} ...); "
+                              "TF-MOT prunes no depthwise kernels (and zeroing them removes whole "
+                              "filters). Choose pointwise (1x1 Conv2D) or Dense layers.")
+        if not matched:
+            examples = ", ".join(list(by_name)[:3] + list(by_name)[-3:])
+            raise RecipeError(f"prune.layers: {pattern!r} matches no layer with a kernel "
+                              f"(the model's include {examples}).")
+        for name in matched:
+            info = by_name[name]
+            if not fits(info):
+                raise RecipeError(f"prune.layers: {name}'s kernel {info.kernel_shape} has "
+                                  f"{math.prod(info.kernel_shape[:-1])} weights per output channel, "
+                                  "not a multiple of 4, so 2:4 sparsity cannot apply.")
+        chosen.update(matched)
+    return [name for name in by_name if name in chosen]
+
+
+def allocate_sparsity(layers: Sequence[LayerInfo], target: float,
+                      allocation: str = "uniform") -> dict[str, float]:
+    """Each pruned kernel's final sparsity, so that together they reach ``target``.
+
+    Args:
+        layers: The layers to prune (with kernel shapes).
+        target: Global sparsity over their kernels.
+        allocation: ``"uniform"`` or ``"erdos_renyi"`` (:data:`ALLOCATIONS`).
+
+    Returns:
+        ``{layer name: sparsity}``; under ``erdos_renyi`` between 0 (dense)
+        and :data:`MAX_LAYER_SPARSITY`.
+
+    Raises:
+        RecipeError: When the target cannot be met within those bounds.
+    """
+    if allocation == "uniform":
+        return {info.name: float(target) for info in layers}
+    sizes = {info.name: info.size for info in layers}
+    raw = {info.name: sum(info.kernel_shape) / info.size for info in layers}
+    keep = (1 - target) * sum(sizes.values())
+    low = 1 - MAX_LAYER_SPARSITY
+    fixed: dict[str, float] = {}  # densities pinned at a bound
+    while True:
+        free = [name for name in sizes if name not in fixed]
+        budget = keep - sum(fixed[name] * sizes[name] for name in fixed)
+        scale = budget / max(sum(raw[name] * sizes[name] for name in free), 1e-12)
+        density = {name: scale * raw[name] for name in free}
+        over = [name for name in free if density[name] > 1]
+        under = [name for name in free if density[name] < low]
+        if not over and not under:
+            break
+        fixed.update({name: 1.0 for name in over} if over else {name: low for name in under})
+        if len(fixed) == len(sizes):
+            raise RecipeError(f"prune: a global sparsity of {target} cannot be split over these layers "
+                              f"with each between 0 and {MAX_LAYER_SPARSITY}.")
+    density.update(fixed)
+    return {name: round(1 - density[name], 4) for name in sizes}
+
+
+def layer_infos(model) -> list[LayerInfo]:
+    """:class:`LayerInfo` for every layer of a Keras 3 or tf_keras model."""
+    infos = []
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        infos.append(LayerInfo(layer.name.replace("/", "_"), type(layer).__name__,
+                               tuple(int(d) for d in kernel.shape) if kernel is not None else ()))
+    return infos
+
+
+def sparsity_report(model, names: Sequence[str]) -> dict[str, Any]:
+    """Zeros in the kernels of ``names``, measured on the model's weights.
+
+    Returns:
+        ``{"global": zeros/weights over the named kernels, "layers":
+        {name: share of zeros}, "pruned_weights": weights in those
+        kernels, "model_weights": all weights, "model": zeros/all weights}``.
+    """
+    layers = {layer.name.replace("/", "_"): layer for layer in model.layers}
+    per_layer, zeros, total = {}, 0, 0
+    for name in names:
+        kernel = np.asarray(layers[name].kernel)
+        count = int(np.count_nonzero(kernel == 0))
+        per_layer[name] = round(count / kernel.size, 4)
+        zeros, total = zeros + count, total + kernel.size
+    everything = [np.asarray(w) for w in model.weights]
+    all_zeros = sum(int(np.count_nonzero(w == 0)) for w in everything)
+    all_weights = sum(int(w.size) for w in everything)
+    return {"global": round(zeros / max(total, 1), 4), "layers": per_layer, "pruned_weights": total,
+            "model_weights": all_weights, "model": round(all_zeros / max(all_weights, 1), 4)}
+
+
+def _tflite(model, quantize: bool) -> bytes:
+    """The model as TFLite flatbuffer bytes, via a SavedModel export (quiet, unlike from_keras_model)."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="transferkit-tflite-") as folder:
+        model.export(folder, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return converter.convert()
+
+
+def model_sizes(model, *, quantize: bool = False) -> tuple[dict[str, int], bytes]:
+    """Bytes of a Keras 3 model as ``.keras`` (raw and gzip -9) and ``.tflite``.
+
+    Args:
+        model: The Keras 3 model.
+        quantize: Convert to TFLite with dynamic-range quantisation.
+
+    Returns:
+        ``({"keras", "keras_gzip", "tflite", "tflite_gzip"}, tflite bytes)``.
+    """
+    with tempfile.TemporaryDirectory(prefix="transferkit-size-") as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        raw = path.read_bytes()
+    tflite = _tflite(model, quantize)
+    sizes = {"keras": len(raw), "keras_gzip": len(gzip.compress(raw, 9)),
+             "tflite": len(tflite), "tflite_gzip": len(gzip.compress(tflite, 9))}
+    return sizes, tflite
+
+
+@dataclass
+class PruneResult:
+    """The outcome of pruning.
+
+    Attributes:
+        model: The pruned Keras 3 model (zeros in the pruned kernels).
+        metrics: Sparsity, accuracy and sizes before and after.
+        history: One row per pruning epoch.
+        tflite: The ``.tflite`` file's bytes.
+    """
+
+    model: Any
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    tflite: bytes = b""
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """Validation accuracy after pruning."""
+        return self.metrics.get("val_accuracy_after")
+
+
+def _tfmot():
+    try:
+        import tensorflow_model_optimization as tfmot
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise MissingDependencyError(
+            "Pruning needs TF-MOT: pip install 'tensorflow-model-optimization~=0.8'."
+        ) from None
+    return tfmot
+
+
+def _evaluate(transfer, dataset) -> dict[str, float]:
+    transfer.model.compile(loss=transfer.task.loss, metrics=list(transfer.task.metrics))
+    result = transfer.model.evaluate(dataset, verbose=0, return_dict=True)
+    accuracy = result.get("accuracy", result.get("binary_accuracy"))
+    return {"loss": round(float(result["loss"]), 4),
+            "accuracy": None if accuracy is None else round(float(accuracy), 4)}
+
+
+def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, batch_size: int = 32,
+                   seed: int = 0, verbose: int | None = None) -> PruneResult:
+    """Prune a fine-tuned model through its tf_keras twin, in place.
+
+    BatchNormalization layers stay frozen (inference mode, ImageNet-era
+    statistics adapted by fine-tuning), as in fine-tuning; pruned layers
+    train; the other layers keep their ``trainable`` flags. The final
+    weights are kept (not the best epoch), because only they have the
+    target sparsity.
+
+    Args:
+        transfer: A :class:`~transferkit.finetune.TransferModel`; its Keras 3
+            model receives the pruned weights.
+        images: The :class:`~transferkit.data.ImageSet` (train and val).
+        config: The pruning settings.
+        batch_size: Batch size when ``config.batch_size`` is ``None``.
+        seed: Shuffle seed.
+        verbose: Keras verbosity.
+
+    Returns:
+        The :class:`PruneResult`.
+
+    Raises:
+        RecipeError: For a layer selection that does not fit the model.
+        TwinError: For a model transferkit did not build.
+    """
+    from transferkit.compat import _tf_keras, copy_weights_back, max_output_difference, to_tf_keras
+    from transferkit.data import augment_config, make_dataset
+
+    started = time.perf_counter()
+    names = choose_layers(layer_infos(transfer.model), config.layers, config.structure)
+    tfmot, tfk = _tfmot(), _tf_keras()
+    batch = config.batch_size or batch_size
+    val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, batch))
+    before = _evaluate(transfer, val_ds)
+    sizes_before, _ = model_sizes(transfer.model, quantize=config.quantize)
+
+    twin = to_tf_keras(transfer)
+    steps = math.ceil(len(images.y_train) / batch)
+    total = config.epochs * steps
+    end = max(1, round(config.ramp * total))
+    frequency = config.frequency or max(1, steps // 4)
+    sparsity = tfmot.sparsity.keras
+    infos = {info.name: info for info in layer_infos(transfer.model)}
+    targets = allocate_sparsity([infos[name] for name in names], config.sparsity,
+                                "uniform" if config.structure == "2:4" else config.allocation)
+
+    def schedule_for(target: float):
+        if config.schedule == "constant" or config.structure == "2:4":
+            return sparsity.ConstantSparsity(target, begin_step=0, frequency=frequency)
+        return sparsity.PolynomialDecay(min(config.initial_sparsity, target), target, begin_step=0,
+                                        end_step=end, power=3, frequency=frequency)
+
+    def wrap(layer):
+        name = layer.name.replace("/", "_")
+        if name not in targets or targets[name] <= 0:
+            return layer
+        layer.trainable = True
+        return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule_for(targets[name]),
+                                            sparsity_m_by_n=(2, 4) if config.structure == "2:4" else None)
+
+    norms = [layer for layer in twin.layers if isinstance(layer, tfk.layers.BatchNormalization)]
+    for layer in norms:
+        layer.trainable = config.batch_norm == "recalibrate"
+    pruned = tfk.models.clone_model(twin, clone_function=wrap)
+    lr = tfk.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, total))
+    pruned.compile(optimizer=tfk.optimizers.Adam(lr), loss=transfer.task.loss,
+                   metrics=list(transfer.task.metrics))
+    callbacks = [sparsity.UpdatePruningStep()]
+    if config.summaries:
+        callbacks.append(sparsity.PruningSummaries(log_dir=config.summaries))
+    train_ds = make_dataset(images.x_train, images.y_train, batch_size=batch, shuffle=True, seed=seed,
+                            augment=augment_config(config.augment))
+    log.info("Pruning %d layers to %.0f %% sparsity over %d epochs (%s schedule, %s)", len(names),
+             100 * config.sparsity, config.epochs, config.schedule, config.structure)
+    fit = pruned.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                     verbose=2 if verbose is None else verbose)
+    stripped = sparsity.strip_pruning(pruned)
+    if config.batch_norm == "recalibrate":
+        recalibrate_batch_norm(stripped, images.x_train, batch)
+        for layer in norms:
+            layer.trainable = False
+    copy_weights_back(stripped, transfer)
+    after = _evaluate(transfer, val_ds)
+    sizes_after, tflite = model_sizes(transfer.model, quantize=config.quantize)
+    report = sparsity_report(transfer.model, names)
+    history = [{"stage": "prune", "epoch": epoch + 1, **{k: float(v[epoch]) for k, v in fit.history.items()}}
+               for epoch in range(len(fit.history.get("loss", [])))]
+    metrics = {
+        "sparsity": report["global"],
+        "val_accuracy_before": before["accuracy"],
+        "val_accuracy_after": after["accuracy"],
+        "val_loss_before": before["loss"],
+        "val_loss_after": after["loss"],
+        "size_bytes": {"before": sizes_before, "after": sizes_after},
+        "gzip_ratio": round(sizes_before["keras_gzip"] / sizes_after["keras_gzip"], 2),
+        "layer_sparsity": report["layers"],
+        "layer_targets": targets,
+        "pruned_weights": report["pruned_weights"],
+        "model_weights": report["model_weights"],
+        "model_sparsity": report["model"],
+        "twin_max_difference": max_output_difference(transfer, stripped, images.x_val[:16]),
+        "config": config.to_dict(),
+        "steps": {"per_epoch": steps, "ramp_end": end, "frequency": frequency},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return PruneResult(transfer.model, metrics, history, tflite)
+
+
+def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int) -> int:
+    """Recompute every BatchNorm layer's moving statistics over ``images``.
+
+    "Precise BN" (Wu & Johnson 2021): a forward pass in training mode over
+    the data with the momentum of batch ``k`` set to ``k/(k+1)``, so each
+    moving statistic ends as the plain mean of the per-batch statistics. No
+    weight changes; BatchNorm layers must be trainable (batch-statistics mode).
+
+    Args:
+        model: A tf_keras model.
+        images: Training images (raw pixels).
+        batch_size: Batch size (the one the model trained with).
+
+    Returns:
+        The number of batches used.
+    """
+    norms = [layer for layer in model.layers if hasattr(layer, "moving_mean")]
+    momenta = [layer.momentum for layer in norms]
+    batches = 0
+    try:
+        for start in range(0, max(1, len(images) - batch_size + 1), batch_size):
+            for layer in norms:
+                layer.momentum = batches / (batches + 1)
+            model(np.asarray(images[start:start + batch_size], dtype=np.float32), training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return batches
+
+
+def prune(
+    run_dir: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    config: PruneConfig | None = None,
+    verbose: int | None = None,
+    **overrides: Any,
+) -> PruneResult:
+    """Prune the model of a ``transferkit finetune`` run.
+
+    The validation split is remade from the run's recipe (same folder or
+    split fraction and seed), so "before" and "after" are measured on the
+    images the run validated on.
+
+    Args:
+        run_dir: The run's output folder.
+        data: Training folder; defaults to the run's ``data``.
+        output: Folder for the pruned run (``model.keras``, ``model.tflite``,
+            ``metrics.json``, ``history.csv``, ``recipe.yaml``, each written
+            atomically).
+        config: Pruning settings; defaults to :class:`PruneConfig`.
+        verbose: Keras verbosity.
+        **overrides: :class:`PruneConfig` fields (``target_sparsity=0.8``).
+
+    Returns:
+        The :class:`PruneResult`.
+
+    Raises:
+        ModelDirError: For a folder that is not a finished run.
+        DataError: For missing or unreadable data.
+        RecipeError: For bad settings.
+    """
+    import dataclasses
+
+    from transferkit.data import load_image_folder
+    from transferkit.errors import DataError
+    from transferkit.finetune import FineTuneResult, load_transfer, save_run
+
+    config = dataclasses.replace(config or PruneConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    transfer, run_metrics, recipe = load_transfer(run_dir)
+    folder = data if data is not None else recipe.data
+    if folder is None or not Path(folder).is_dir():
+        raise DataError(f"Pruning needs the run's training data: {str(folder)!r} is not a folder. "
+                        "Pass --data DATA_DIR (the folder the run was fine-tuned on).")
+    images = load_image_folder(folder, image_size=transfer.image_size, val_dir=recipe.val_dir,
+                               val_split=recipe.val_split, seed=recipe.seed)
+    result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
+                            verbose=verbose)
+    result.metrics = {**{k: run_metrics.get(k) for k in ("backbone", "variant", "image_size", "task",
+                                                          "num_classes", "class_names", "layer_groups")},
+                      "val_accuracy": result.metrics["val_accuracy_after"], **result.metrics,
+                      "source_run": str(Path(run_dir).resolve())}
+    if output is not None:
+        transfer.model.compile(optimizer="adam", loss=transfer.task.loss, metrics=list(transfer.task.metrics))
+        recipe = recipe.replace(data=str(folder), prune=config, output=str(output))
+        save_run(FineTuneResult(result.model, result.metrics, result.history, recipe, tflite=result.tflite), output)
+    return result
