@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean bench bench-planner
+.PHONY: demo test install clean bench bench-planner bench-prune
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: $(VENV)/.installed
 
 bench-planner: $(VENV)/.installed
 	$(PY) benchmarks/planner.py --seeds 0 1
+
+bench-prune: $(VENV)/.installed
+	$(PY) benchmarks/prune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

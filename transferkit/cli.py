@@ -10,6 +10,7 @@ Known errors print one paragraph and exit 2; ``--debug`` (or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("backbones", help="list the registry's ImageNet backbones")
     listing.add_argument("--family", help="only this family (e.g. EfficientNet)")
+    listing.add_argument("--hub", action="store_true", help="only entries with a TF-Hub handle, and the handles")
 
     tune = commands.add_parser(
         "finetune", help="fine-tune a backbone on a folder of labelled images",
@@ -119,7 +121,10 @@ def _data_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--demo", action="store_true",
                          help="built-in default: MobileNetV2 alpha 0.35, 96 px, sign-language digits")
     command.add_argument("--recipe", help="YAML recipe; its keys are these flags' names (flags win)")
-    command.add_argument("--backbone", help="registry name (see `transferkit backbones`)")
+    command.add_argument("--backbone", help="registry name (see `transferkit backbones`), or hub:<url|folder|name> "
+                         "for a TF-Hub SavedModel (see `transferkit backbones --hub`)")
+    command.add_argument("--hub-range", choices=["0,1", "-1,1", "0,255"],
+                         help="pixel range a hub: backbone expects (default: registry's, else the Hub convention 0,1)")
     command.add_argument("--alpha", type=float, help="width multiplier of MobileNet backbones")
     command.add_argument("--weights", help="'imagenet' (default: search assets, Keras cache, download) or an .h5 path")
     command.add_argument("--image-size", type=int, help="square input side in pixels")
@@ -171,6 +176,12 @@ def _recipe_from_args(args: argparse.Namespace):
         jit_compile=True if getattr(args, "jit_compile", False) else None,
         **optional,
     )
+    if recipe.backbone.startswith("hub:"):
+        if args.alpha is not None:
+            raise RecipeError("--alpha applies to registry MobileNets; a hub: backbone has no variants.")
+        # The SavedModel fixes its input size and has no variants: drop the demo's 96 px / alpha.
+        recipe = dataclasses.replace(recipe, variant={}, image_size=args.image_size,
+                                     hub_range=getattr(args, "hub_range", None) or recipe.hub_range)
     data = args.data or recipe.data
     if args.demo:
         from transferkit.demo import demo_dataset_dir
@@ -184,6 +195,18 @@ def _recipe_from_args(args: argparse.Namespace):
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from transferkit.registry import REGISTRY
 
+    if args.hub:
+        from transferkit.hub import hub_cache_dir
+
+        rows = [("name", "size", "range", "hub handle")]
+        rows += [(spec.name, str(spec.default_size), spec.hub_range or "0,1", spec.hub_handle)
+                 for spec in REGISTRY.values() if spec.hub_handle]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print(f"\n{len(rows) - 1} entries with a TF-Hub handle: --backbone hub:<name> (or hub:<url>, "
+              f"hub:<local SavedModel folder>). Handles are cached in $TFHUB_CACHE_DIR (now {hub_cache_dir()}).")
+        return 0
     rows = [("name", "family", "size", "preprocess", "groups", "variants")]
     for spec in REGISTRY.values():
         if args.family and spec.family.lower() != args.family.lower():
@@ -218,7 +241,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
               f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
     print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
           f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
-    print(f"wrote {os.path.join(result.output, 'model.keras')}, metrics.json, history.csv, recipe.yaml")
+    extra = ", saved_model/" if "saved_model" in metrics else ", model.tflite" if "sparsity" in metrics else ""
+    print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml")
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from transferkit.data import AUGMENT_PRESETS, AugmentConfig
 from transferkit.errors import RecipeError
 from transferkit.heads import TASKS, HeadConfig
+from transferkit.hub import RANGES as HUB_RANGES
 from transferkit.prune import PruneConfig
 
 __all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE", "PLANS", "SIMILARITIES"]
@@ -75,6 +76,9 @@ class Recipe:
             ``None`` is float32 throughout.
         jit_compile: Compile training steps with XLA; ``None`` is Keras's
             ``"auto"`` (off on CPU).
+        hub_range: Pixel range a ``hub:`` backbone expects (``"0,1"``,
+            ``"-1,1"``, ``"0,255"``); ``None`` takes the registry's or the
+            TF-Hub convention ``[0, 1]``.
         prune: End the run with magnitude pruning
             (:class:`~transferkit.prune.PruneConfig`); ``None`` does not prune.
     """
@@ -107,6 +111,7 @@ class Recipe:
     allow_download: bool = True
     mixed_precision: str | None = None
     jit_compile: bool | None = None
+    hub_range: str | None = None
     prune: PruneConfig | None = None
 
     def __post_init__(self):
@@ -137,6 +142,8 @@ class Recipe:
         if isinstance(self.augment, str) and self.augment not in AUGMENT_PRESETS:
             raise RecipeError(f"augment must be one of {', '.join(AUGMENT_PRESETS)} or a mapping, "
                               f"got {self.augment!r}.")
+        if self.hub_range is not None and self.hub_range not in HUB_RANGES:
+            raise RecipeError(f"hub_range must be one of {', '.join(HUB_RANGES)}, got {self.hub_range!r}.")
         if self.task is not None and self.task not in ("multiclass", "binary"):
             raise RecipeError(
                 f"task for an image folder must be multiclass or binary, got {self.task!r} "

@@ -43,6 +43,7 @@ from transferkit.data import (AugmentConfig, ImageSet, augment_config, class_wei
 from transferkit.errors import RecipeError
 from transferkit.graph import LayerGroup, find_groups, split_model
 from transferkit.heads import HeadConfig, TaskSpec, build_head, task_spec
+from transferkit.hub import HubBackbone, is_hub
 from transferkit.planner import FreezePlan, Similarity, override_plan, plan_freeze
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone
 from transferkit.weights import WeightsSource
@@ -144,6 +145,9 @@ class FineTuneResult:
         plan: The freeze plan that ran.
         tflite: The pruned model as ``.tflite`` bytes, when the recipe
             pruned (``model.tflite`` in the run folder).
+        trainable_model: For a fine-tuned ``hub:`` backbone, the trained
+            ``tf_keras`` model (``model`` is then a Keras 3 inference model
+            around its exported SavedModel); ``None`` otherwise.
     """
 
     model: Any
@@ -153,6 +157,7 @@ class FineTuneResult:
     output: str | None = None
     plan: FreezePlan | None = None
     tflite: bytes | None = None
+    trainable_model: Any = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -645,8 +650,15 @@ def _prepare(data, recipe, output, registry, overrides):
     recipe = (recipe or Recipe()).replace(**overrides)
     if output is not None:
         recipe = recipe.replace(output=str(output))
-    spec = get_backbone(recipe.backbone, registry)
-    size = recipe.image_size or spec.default_size
+    if is_hub(recipe.backbone):
+        from transferkit.hub import check_image_size, load_hub
+
+        spec = load_hub(recipe.backbone, input_range=recipe.hub_range, allow_download=recipe.allow_download,
+                        registry=registry)
+        size = check_image_size(spec, recipe.image_size)
+    else:
+        spec = get_backbone(recipe.backbone, registry)
+        size = recipe.image_size or spec.default_size
     recipe = recipe.replace(image_size=size)
     resolution = None
     if isinstance(data, ImageSet):
@@ -697,6 +709,12 @@ def plan(
     import keras
 
     keras.utils.set_random_seed(recipe.seed)
+    if isinstance(spec, HubBackbone):
+        from transferkit.hub import frozen_model, hub_plan
+
+        model, _ = frozen_model(spec, recipe.image_size, recipe.head, task_spec(build["task"], build["num_outputs"]))
+        params = int(sum(np.prod(w.shape) for w in model.get_layer("hub_backbone").weights))
+        return hub_plan(spec, params, images, recipe, resolution)
     transfer = build_model(spec, registry=registry, **build)
     return make_plan(transfer, images, recipe, resolution)
 
@@ -748,6 +766,8 @@ def finetune(
     if recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(recipe.mixed_precision)
     try:
+        if isinstance(spec, HubBackbone):
+            return _finetune_hub(recipe, spec, images, resolution, build, started, verbose)
         return _finetune(recipe, spec, images, resolution, build, started, verbose)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -815,6 +835,63 @@ def _finetune(recipe, spec, images, resolution, build, started, verbose) -> Fine
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
     result = FineTuneResult(transfer.model, metrics, history, recipe, tflite=pruned.tflite if pruned else None)
     result.plan = plan
+    if recipe.output:
+        save_run(result, recipe.output)
+        result.output = recipe.output
+    return result
+
+
+def _finetune_hub(recipe, hub, images, resolution, build, started, verbose) -> FineTuneResult:
+    """:func:`finetune` with a TF-Hub backbone (:mod:`transferkit.hub`)."""
+    import tempfile
+
+    from transferkit.hub import export_saved_model, load_saved_model, train_hub
+
+    if recipe.prune is not None:
+        raise RecipeError(f"prune: needs a registry backbone; {hub.name} is a SavedModel, opaque to TF-MOT.")
+    task = task_spec(build["task"], build["num_outputs"])
+    log.info("Backbone %s (%s, %s) at %d px, pixels scaled to %s (%s)", hub.name, hub.source, hub.path,
+             recipe.image_size, list(hub.input_range), hub.range_source)
+    model, tuned, plan, stages, history = train_hub(hub, images, recipe, task, resolution=resolution,
+                                                    verbose=_verbose(verbose))
+    kept = [s for s in stages if s.kept]
+    final = kept[-1]
+    folder = Path(recipe.output) if recipe.output else Path(tempfile.mkdtemp(prefix="transferkit-hub-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    exported = export_saved_model(tuned if tuned is not None else model, folder / "saved_model")
+    if tuned is not None:  # Keras 3 can run the fine-tuned SavedModel, not train it
+        model = load_saved_model(exported, recipe.image_size)
+    model.compile(loss=task.loss, metrics=list(task.metrics))
+    metrics = {
+        "val_accuracy": final.val_accuracy,
+        "val_loss": final.val_loss,
+        "backbone": hub.name,
+        "hub": hub.to_dict(),
+        "variant": {},
+        "image_size": recipe.image_size,
+        "task": task.task,
+        "num_classes": images.num_classes,
+        "class_names": list(images.class_names),
+        "train_counts": images.counts("train"),
+        "val_counts": images.counts("val"),
+        "validation": images.validation,
+        "weights_source": f"{hub.path} ({hub.source})",
+        "skipped_images": len(images.skipped),
+        "skipped_files": [{"path": p, "reason": r} for p, r in images.skipped[:50]],
+        "unfreeze_groups": 1 if tuned is not None else 0,
+        "layer_groups": ["hub"],
+        "plan": plan.to_dict(),
+        "stages": [asdict(s) for s in stages],
+        "saved_model": str(exported),
+        "model_type": "keras.Model wrapping keras.layers.TFSMLayer (inference only)" if tuned is not None
+        else "keras.Model: frozen keras.layers.TFSMLayer backbone + trainable head",
+        "seconds_total": None,
+        "seed": recipe.seed,
+        "precision": recipe.mixed_precision or "float32",
+        "versions": _versions(),
+    }
+    metrics["seconds_total"] = round(time.perf_counter() - started, 2)
+    result = FineTuneResult(model, metrics, history, recipe, plan=plan, trainable_model=tuned)
     if recipe.output:
         save_run(result, recipe.output)
         result.output = recipe.output
@@ -899,6 +976,10 @@ def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, 
         raise ModelDirError(f"{str(folder)!r} is not a transferkit run folder: recipe.yaml missing. "
                             "Pass the --output folder of a finished `transferkit finetune` run.")
     model, metrics = load_run(folder)
+    if is_hub(metrics.get("backbone")):
+        raise ModelDirError(f"{str(folder)!r} is a run on the Hub backbone {metrics['backbone']}: a SavedModel "
+                            "is opaque to TF-MOT and cannot be rebuilt layer by layer. Prune a run on a "
+                            "registry backbone (e.g. --backbone mobilenet_v2).")
     recipe = load_recipe(folder / "recipe.yaml")
     groups = metrics.get("layer_groups") or []
     transfer = build_model(metrics["backbone"], num_outputs=int(model.outputs[0].shape[-1]),

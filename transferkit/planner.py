@@ -80,6 +80,7 @@ __all__ = [
     "GroupInfo",
     "FreezePlan",
     "plan_freeze",
+    "plan_opaque",
     "size_verdict",
     "similarity_from_shift",
     "discriminative_rates",
@@ -536,6 +537,77 @@ def plan_freeze(
         fine_tune_epochs=fine_tune_epochs,
         gradual=use_gradual,
         augment=augment,
+        profile=profile,
+        similarity=similarity,
+        reasons=tuple(reasons),
+    )
+
+
+def plan_opaque(
+    profile: DataProfile,
+    similarity: Similarity,
+    group: GroupInfo,
+    *,
+    learning_rate: float = 3e-3,
+    epochs: int = 10,
+    fine_tune_epochs: int = 15,
+    backbone: str = "the backbone",
+) -> FreezePlan:
+    """Plan for a backbone that is one opaque group (a TF-Hub SavedModel).
+
+    Nothing inside it can be cut, measured per layer or given its own rate:
+    it is frozen whole or fine-tuned whole. Small data (either similarity)
+    freezes it and trains the head: small+different would use earlier
+    layers, which an opaque model does not expose. Large data fine-tunes the
+    whole backbone at a tenth of the head's rate.
+
+    Args:
+        profile: Size of the training data.
+        similarity: Declared similarity, or an unmeasured one.
+        group: The backbone as one group (its parameter count).
+        learning_rate: Stage 1 learning rate.
+        epochs: Stage 1 epochs.
+        fine_tune_epochs: Stage 2 epochs.
+        backbone: Name used in the explanation.
+
+    Returns:
+        The :class:`FreezePlan` (group ``group.name``).
+    """
+    small, size_reason = size_verdict(profile, group.params)
+    similar = similarity.similar
+    sim_reason = (f"similarity declared {'similar' if similar else 'different'} by you (not measured)."
+                  if similarity.declared else f"similarity {similarity.score:.2f} ({similarity.method}): "
+                  f"{'similar' if similar else 'different'}.")
+    quadrant = f"{'small' if small else 'large'}+{'similar' if similar else 'different'}"
+    opaque = (f"{backbone} is one opaque group ({group.params:,} parameters): it is frozen or fine-tuned "
+              "as a whole; it cannot be cut, measured per layer, or given discriminative rates.")
+    reasons = [size_reason, sim_reason, opaque]
+    rate = learning_rate / 10
+    if small:
+        fine_tuned: tuple[str, ...] = ()
+        epochs, fine_tune_epochs = epochs + fine_tune_epochs, 0
+        reasons.append("Small data: the backbone stays frozen and a linear head trains on its cached "
+                       f"features for the whole budget ({epochs} epochs)"
+                       + ("; with a registry backbone the planner would cut to earlier layers instead."
+                          if not similar else "."))
+    else:
+        fine_tuned = (group.name,)
+        reasons.append(f"Large data: a linear head on the frozen features, then the whole backbone is "
+                       f"fine-tuned at {rate:.1e} (through tf_keras, BatchNorm statistics kept).")
+    return FreezePlan(
+        quadrant=quadrant,
+        frozen=() if fine_tuned else (group.name,),
+        fine_tuned=fine_tuned,
+        dropped=(),
+        cut=None,
+        head=dict(LINEAR_HEAD),
+        learning_rate=learning_rate,
+        group_learning_rates={name: rate for name in fine_tuned},
+        span=1.0,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs if fine_tuned else 0,
+        gradual=False,
+        augment="none",
         profile=profile,
         similarity=similarity,
         reasons=tuple(reasons),

@@ -31,6 +31,9 @@ class Prediction:
 def load_run(model_dir: str | os.PathLike):
     """Load ``model.keras`` and ``metrics.json`` from a run folder.
 
+    A run on a ``hub:`` backbone loads from its ``saved_model/`` folder as a
+    Keras 3 inference model around ``keras.layers.TFSMLayer``.
+
     Args:
         model_dir: Output folder of ``transferkit finetune``.
 
@@ -50,6 +53,11 @@ def load_run(model_dir: str | os.PathLike):
             "Pass the --output folder of a finished `transferkit finetune` run."
         )
     metrics = json.loads((folder / "metrics.json").read_text())
+    if str(metrics.get("backbone", "")).startswith("hub:") and (folder / "saved_model").is_dir():
+        from transferkit.hub import load_saved_model
+
+        # The run's own SavedModel (self-contained, found wherever the folder moved).
+        return load_saved_model(folder / "saved_model", int(metrics["image_size"])), metrics
     model = keras.models.load_model(folder / "model.keras")
     return model, metrics
 

@@ -18,7 +18,7 @@ depth variant (EfficientNet B0 and B7 share it).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -65,7 +65,10 @@ class BackboneSpec:
             the default.
         file_hashes: Official checksum (md5 or sha256, as Keras publishes
             them) per file name, checked after a download.
-        hub_handle: A TF-Hub handle of the same network, if one is known.
+        hub_handle: A TF-Hub handle of the same architecture (ImageNet
+            feature vector, default variant), if one is known: use it with
+            ``--backbone hub:<name>``.
+        hub_range: The pixel range that Hub model takes (``"0,1"``).
         paper: Short reference shown in listings.
     """
 
@@ -85,6 +88,7 @@ class BackboneSpec:
     variants: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     file_hashes: Mapping[str, str] = field(default_factory=dict)
     hub_handle: str | None = None
+    hub_range: str | None = None
     paper: str = ""
 
     @property
@@ -568,6 +572,19 @@ _ALIASES = {
 } | {spec.name.replace("_", ""): spec.name for spec in _SPECS}
 
 #: The built-in backbones.
+#: TF-Hub (now Kaggle Models) ImageNet feature vectors of registry architectures, default variant,
+#: TF2 SavedModels taking [0, 1] pixels at the entry's default size.
+_HUB = {
+    "mobilenet_v2": "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5",
+    "mobilenet_v3_small": "https://tfhub.dev/google/imagenet/mobilenet_v3_small_100_224/feature_vector/5",
+    "mobilenet_v3_large": "https://tfhub.dev/google/imagenet/mobilenet_v3_large_100_224/feature_vector/5",
+    "efficientnet_b0": "https://tfhub.dev/tensorflow/efficientnet/b0/feature-vector/1",
+    "inception_v3": "https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5",
+    "resnet50_v2": "https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/5",
+}
+_SPECS = tuple(replace(spec, hub_handle=_HUB[spec.name], hub_range="0,1") if spec.name in _HUB else spec
+               for spec in _SPECS)
+
 REGISTRY = Registry(_SPECS)
 
 

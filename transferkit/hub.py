@@ -1,0 +1,537 @@
+"""TF-Hub backbones: a SavedModel by handle or local folder, frozen in Keras 3, fine-tuned in tf_keras.
+
+A Hub backbone is named ``hub:<handle>``: a tfhub.dev / Kaggle Models URL,
+a local SavedModel folder (``hub:/models/mobilenet``), or a registry name
+whose entry carries a Hub handle (``hub:mobilenet_v2``). URLs resolve through
+``tensorflow_hub``'s cache (``$TFHUB_CACHE_DIR``, default
+``<tmp>/tfhub_modules``, one folder per handle named by the handle's SHA-1);
+offline, a model already in that cache, or a local folder, is used as is.
+
+The model's ``serving_default`` signature gives the input size (when fixed),
+the input dtype and the output: a pooled feature vector ``(batch, features)``
+is required; a rank-4 map, or 1000/1001 ImageNet logits, is refused with the
+reason. Pixel range is not in a signature: TF-Hub image models take
+``[0, 1]`` floats (the Hub convention); another range is declared with
+``input_range``. A wrong range cannot be detected from the outputs
+(measured on the shared MobileNetV2 SavedModel: its features on hand photos
+scaled to [0, 1], [0, 255] and [-1, 1] have about the same spread, since
+BatchNorm renormalises), so the range used, and who declared it, is
+recorded in the plan and ``metrics.json``.
+
+Two paths, one description:
+
+* **Frozen (Keras 3)**: ``keras.layers.TFSMLayer`` inside a Keras 3 model:
+  raw pixels in, a rescaling layer, the Hub features, transferkit's head.
+  ``TFSMLayer`` is inference-only, so the backbone cannot train in Keras 3.
+  The model saves as ``.keras`` and reloads with plain Keras (no custom
+  objects, ``safe_mode`` untouched); the ``.keras`` file stores the
+  SavedModel's *path*, not its weights, so the folder must stay where it is.
+* **Fine-tuned (tf_keras)**: ``hub.KerasLayer(trainable=True)`` in a
+  ``tf_keras`` model, called with ``training=False``: every variable of the
+  SavedModel trains (BatchNorm's scale and offset included, since a
+  SavedModel has no per-layer switch), while BatchNorm normalises with its
+  ImageNet moving statistics and never updates them (inference mode, as in
+  transferkit's Keras 3 fine-tuning). The result is a TensorFlow SavedModel;
+  Keras 3 loads it for inference as ``keras.layers.TFSMLayer``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import RecipeError, TransferkitError
+
+__all__ = ["HubBackbone", "HubNotFoundError", "HUB_PREFIX", "is_hub", "hub_cache_dir", "resolve_hub",
+           "load_hub", "frozen_model", "fine_tune_model", "check_image_size", "RANGES"]
+
+log = logging.getLogger("transferkit")
+
+HUB_PREFIX = "hub:"
+#: Declared input ranges, by name.
+RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0), "0,255": (0.0, 255.0)}
+#: The TF-Hub convention for image models.
+HUB_RANGE = "0,1"
+SIGNATURE = "serving_default"
+
+
+class HubNotFoundError(TransferkitError, FileNotFoundError):
+    """A Hub handle or SavedModel folder cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class HubBackbone:
+    """A resolved Hub backbone and what its signature says.
+
+    Attributes:
+        name: As given, ``hub:<handle>``.
+        handle: The URL or folder.
+        path: Local SavedModel folder.
+        source: ``"local folder"``, ``"hub cache"`` or ``"download"``.
+        image_size: Input side fixed by the signature, or ``None`` (any).
+        input_range: Pixel range the model expects.
+        range_source: Who said so: ``"hub convention"``, ``"registry"``,
+            ``"you"``.
+        features: Length of the output feature vector.
+        input_key: The signature's input name.
+        output_key: The signature's output name.
+    """
+
+    name: str
+    handle: str
+    path: str
+    source: str
+    image_size: int | None
+    input_range: tuple[float, float]
+    range_source: str
+    features: int
+    input_key: str
+    output_key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def is_hub(backbone: Any) -> bool:
+    """Whether a backbone name is a Hub backbone (``hub:...``)."""
+    return isinstance(backbone, str) and backbone.startswith(HUB_PREFIX)
+
+
+def hub_cache_dir() -> Path:
+    """Where ``tensorflow_hub`` caches models: ``$TFHUB_CACHE_DIR`` or ``<tmp>/tfhub_modules``."""
+    return Path(os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules"))
+
+
+def _cached(handle: str) -> Path:
+    return hub_cache_dir() / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://", "gs://"))
+
+
+def resolve_hub(backbone: str, *, allow_download: bool = True, registry=None) -> tuple[str, Path, str, str | None]:
+    """Find the local SavedModel folder of a ``hub:`` backbone.
+
+    Args:
+        backbone: ``hub:<url>``, ``hub:<folder>`` or ``hub:<registry name>``.
+        allow_download: Whether ``tensorflow_hub`` may download a handle
+            that is not cached.
+        registry: Where to look up registry names (default: the built-in one).
+
+    Returns:
+        ``(handle, folder, source, registry name or None)``.
+
+    Raises:
+        HubNotFoundError: For a folder without ``saved_model.pb``, or a handle
+            that is neither cached nor downloadable (naming the handle, the
+            cache folder and how to place the model there).
+        RecipeError: For ``hub:`` with nothing after it, or a registry entry
+            without a Hub handle.
+    """
+    from transferkit.registry import REGISTRY
+
+    registry = REGISTRY if registry is None else registry
+    text = backbone[len(HUB_PREFIX):].strip()
+    if not text:
+        raise RecipeError("hub: needs a handle: hub:https://tfhub.dev/..., hub:/path/to/saved_model or "
+                          "hub:<registry name> (see `transferkit backbones --hub`).")
+    entry = None
+    if not _is_url(text) and text in registry:
+        entry = text
+        text = registry[text].hub_handle
+        if not text:
+            with_hub = sorted(name for name, spec in registry.items() if spec.hub_handle)
+            raise RecipeError(f"Registry entry {entry!r} names no Hub handle. Entries with one: "
+                              f"{', '.join(with_hub)}; or use --backbone {entry} (the .h5 weights).")
+    if not _is_url(text):
+        folder = Path(os.path.expanduser(text))
+        if not folder.is_dir():
+            raise HubNotFoundError(f"Hub backbone {backbone!r}: {str(folder)!r} is not a folder, a registry "
+                                   "name with a Hub handle, or an http(s)/gs URL.")
+        if not (folder / "saved_model.pb").is_file():
+            raise HubNotFoundError(f"{str(folder)!r} holds no saved_model.pb: a TF-Hub backbone must be a "
+                                   "TF2 SavedModel folder (the extracted archive of the model).")
+        return str(folder), folder, "local folder", entry
+    cached = _cached(text)
+    if (cached / "saved_model.pb").is_file():
+        return text, cached, "hub cache", entry
+    howto = (f"Place the model locally: download and extract its archive on a connected machine, then "
+             f"either copy the folder to {cached} (the cache folder for this handle) or pass "
+             f"--backbone hub:/path/to/extracted_folder. The cache folder is $TFHUB_CACHE_DIR "
+             f"(now {hub_cache_dir()}).")
+    if not allow_download:
+        raise HubNotFoundError(f"Hub handle {text!r} is not in the TF-Hub cache and downloads are off "
+                               f"(--offline). {howto}")
+    try:
+        import tensorflow_hub as hub
+
+        folder = Path(hub.resolve(text))
+    except Exception as error:  # noqa: BLE001 - any network/archive failure is one message
+        raise HubNotFoundError(f"Hub handle {text!r} could not be resolved ({type(error).__name__}: "
+                               f"{str(error)[:200]}). Offline? {howto}") from None
+    return text, folder, "download", entry
+
+
+def load_hub(backbone: str, *, input_range: str | None = None, allow_download: bool = True,
+             registry=None) -> HubBackbone:
+    """Resolve a Hub backbone and read its signature.
+
+    Args:
+        backbone: ``hub:<handle-or-folder-or-registry-name>``.
+        input_range: ``"0,1"``, ``"-1,1"`` or ``"0,255"``; ``None`` takes the
+            registry's declaration or the Hub convention ``[0, 1]`` (uint8
+            inputs: ``[0, 255]``).
+        allow_download: Whether a missing handle may be downloaded.
+        registry: Where registry names are looked up.
+
+    Returns:
+        The :class:`HubBackbone`.
+
+    Raises:
+        HubNotFoundError: As :func:`resolve_hub`, or a SavedModel that fails to load.
+        RecipeError: For a signature that is not an image feature vector.
+    """
+    from transferkit.registry import REGISTRY
+
+    registry = REGISTRY if registry is None else registry
+    if input_range is not None and input_range not in RANGES:
+        raise RecipeError(f"hub input_range must be one of {', '.join(RANGES)}, got {input_range!r}.")
+    handle, folder, source, entry = resolve_hub(backbone, allow_download=allow_download, registry=registry)
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(folder))
+    except Exception as error:  # noqa: BLE001 - a corrupt or TF1-format model
+        raise HubNotFoundError(f"{str(folder)!r} did not load as a TF2 SavedModel ({type(error).__name__}: "
+                               f"{str(error)[:200]}). TF1 Hub modules (hub.Module) are not supported.") from None
+    if SIGNATURE not in loaded.signatures:
+        raise RecipeError(f"{backbone}: the SavedModel has no {SIGNATURE!r} signature (it has "
+                          f"{sorted(loaded.signatures) or 'none'}); Keras 3's TFSMLayer needs one. Re-export "
+                          "the model with a serving signature.")
+    signature = loaded.signatures[SIGNATURE]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise RecipeError(f"{backbone}: expected one image input and one output, got inputs "
+                          f"{sorted(inputs)} and outputs {sorted(outputs)}.")
+    (input_key, spec), = inputs.items()
+    (output_key, out), = outputs.items()
+    shape = tuple(spec.shape)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise RecipeError(f"{backbone}: expected images (batch, height, width, 3), the signature says {shape}.")
+    if len(out.shape) != 2:
+        raise RecipeError(f"{backbone}: expected a pooled feature vector (batch, features), the signature "
+                          f"gives {tuple(out.shape)}. Use the model's feature_vector variant.")
+    features = int(out.shape[-1])
+    if features in (1000, 1001):
+        raise RecipeError(f"{backbone}: the output has {features} units, ImageNet classification logits, "
+                          "not features. Use the model's feature_vector variant.")
+    if input_range is not None:
+        value_range, range_source = RANGES[input_range], "you"
+    elif entry is not None and registry[entry].hub_range:
+        value_range, range_source = RANGES[registry[entry].hub_range], "registry"
+    elif spec.dtype == tf.uint8:
+        value_range, range_source = RANGES["0,255"], "signature (uint8)"
+    else:
+        value_range, range_source = RANGES[HUB_RANGE], "hub convention"
+    size = shape[1] if shape[1] is not None and shape[1] == shape[2] else None
+    if shape[1] is not None and shape[1] != shape[2]:
+        raise RecipeError(f"{backbone}: the signature fixes a non-square input {shape[1]}x{shape[2]}; "
+                          "transferkit feeds square images.")
+    return HubBackbone(backbone, handle, str(folder), source, size, value_range, range_source, features,
+                       input_key, output_key)
+
+
+def check_image_size(hub: HubBackbone, image_size: int | None) -> int:
+    """The input side to use: the signature's when fixed (a different request is an error)."""
+    if hub.image_size is None:
+        if image_size is None:
+            raise RecipeError(f"{hub.name} accepts any input size; give one (--image-size 224).")
+        return image_size
+    if image_size is not None and image_size != hub.image_size:
+        raise RecipeError(f"{hub.name} takes {hub.image_size}x{hub.image_size} images (fixed in its "
+                          f"signature), got image_size {image_size}. Use --image-size {hub.image_size} or leave it out.")
+    return hub.image_size
+
+
+def _rescale(hub: HubBackbone) -> tuple[float, float]:
+    low, high = hub.input_range
+    return (high - low) / 255.0, low
+
+
+def frozen_model(hub: HubBackbone, image_size: int, head, task, *, name: str = "hub_transfer"):
+    """A Keras 3 model: raw pixels → rescaling → frozen Hub features → head.
+
+    Args:
+        hub: The backbone.
+        image_size: Square input side.
+        head: :class:`~transferkit.heads.HeadConfig`.
+        task: :class:`~transferkit.heads.TaskSpec`.
+        name: Model name.
+
+    Returns:
+        ``(model, feature_model)``: the whole model, and the part up to the
+        features (for the feature cache); they share layers.
+    """
+    import keras
+
+    from transferkit.heads import build_head
+
+    scale, offset = _rescale(hub)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(scale, offset, name="hub_rescale")(inputs)
+    backbone = keras.layers.TFSMLayer(hub.path, call_endpoint=SIGNATURE, name="hub_backbone")
+    features = backbone(x)[hub.output_key]
+    outputs = build_head(features, head, task)
+    return keras.Model(inputs, outputs, name=name), keras.Model(inputs, features, name=f"{name}_features")
+
+
+def head_layers(model) -> list:
+    """The head's layers (names starting with ``head_``), input to output."""
+    return [layer for layer in model.layers if layer.name.startswith("head_")]
+
+
+def fine_tune_model(hub: HubBackbone, image_size: int, head, task, *, name: str = "hub_transfer"):
+    """The same model in tf_keras with a trainable ``hub.KerasLayer`` (BatchNorm in inference mode).
+
+    Returns:
+        The ``tf_keras.Model``; copy the head's weights in by layer name.
+    """
+    import tensorflow_hub as hub_module
+    import tf_keras
+
+    from transferkit.heads import build_head
+
+    scale, offset = _rescale(hub)
+    inputs = tf_keras.Input((image_size, image_size, 3), name="image")
+    x = tf_keras.layers.Rescaling(scale, offset, name="hub_rescale")(inputs)
+    layer = hub_module.KerasLayer(hub.path, trainable=True, name="hub_backbone")
+    features = layer(x, training=False)  # BatchNorm keeps its moving statistics, even in fit()
+    outputs = build_head(features, head, task, keras_module=tf_keras)
+    return tf_keras.Model(inputs, outputs, name=name)
+
+
+def hub_plan(hub: HubBackbone, params: int, images, recipe, resolution=None):
+    """The freeze plan for a Hub backbone: one opaque group, recipe overrides applied.
+
+    Raises:
+        RecipeError: For ``cut`` (an opaque model cannot be cut) or ``unfreeze`` above 1.
+    """
+    from transferkit.measure import profile_data
+    from transferkit.planner import GroupInfo, Similarity, fixed_plan, override_plan, plan_opaque
+
+    if recipe.cut is not None:
+        raise RecipeError(f"{hub.name} is one opaque group; it cannot be cut (got cut {recipe.cut!r}). "
+                          "Use a registry backbone (--backbone mobilenet_v2 ...) to cut.")
+    if recipe.unfreeze is not None and recipe.unfreeze > 1:
+        raise RecipeError(f"{hub.name} is one group: unfreeze must be 0 (frozen) or 1 (fine-tuned whole), "
+                          f"got {recipe.unfreeze}.")
+    profile = profile_data(images, resolution)
+    head = asdict(recipe.head)
+    head["dense"] = list(recipe.head.dense)
+    augment = recipe.augment if isinstance(recipe.augment, str) or recipe.augment is None else "custom"
+    try:
+        if recipe.plan == "none":
+            unfreeze = 1 if recipe.unfreeze is None else recipe.unfreeze
+            plan = fixed_plan(profile, ["hub"], unfreeze=unfreeze, learning_rate=recipe.learning_rate,
+                              top_rate=recipe.stage2_learning_rate, epochs=recipe.epochs,
+                              fine_tune_epochs=recipe.fine_tune_epochs, augment=augment or "none")
+            from dataclasses import replace
+
+            return replace(plan, head=head)
+        if recipe.similarity is not None:
+            similarity = Similarity.declare(recipe.similarity == "similar")
+        else:
+            similarity = Similarity(score=0.0, method="not measurable: a SavedModel exposes no per-layer "
+                                    "BatchNorm statistics; treated as different, declare --similarity to change")
+        plan = plan_opaque(profile, similarity, GroupInfo("hub", params), learning_rate=recipe.learning_rate,
+                           epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs, backbone=hub.name)
+        return override_plan(plan, ["hub"], unfreeze=recipe.unfreeze,
+                             fine_tune_learning_rate=recipe.fine_tune_learning_rate, augment=augment,
+                             head=head, budget=(recipe.epochs, recipe.fine_tune_epochs))
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
+def _fit(model, train, val, *, epochs, patience, monitor, class_weight, verbose):
+    """fit with early stopping (best weights restored); returns (history rows, best epoch, seconds per epoch)."""
+    import time
+
+    callbacks_module = type(model).__module__.split(".")[0]
+    if callbacks_module == "tf_keras":
+        import tf_keras as k
+    else:
+        import keras as k
+    stopper = k.callbacks.EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=patience,
+                                        restore_best_weights=True)
+    clock: list[float] = []
+    timer = k.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: clock.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: clock.append(time.perf_counter() - clock.pop()))
+    fit = model.fit(train, validation_data=val, epochs=epochs, callbacks=[timer, stopper], shuffle=False,
+                    class_weight=class_weight, verbose=verbose)
+    ran = len(fit.history.get("loss", []))
+    best = stopper.best_epoch + 1 if getattr(stopper, "best_weights", None) is not None else ran
+    rows = [{"epoch": e + 1, **{key: float(values[e]) for key, values in fit.history.items()},
+             "seconds": round(clock[e], 3) if e < len(clock) else None} for e in range(ran)]
+    return rows, int(best), [round(c, 3) for c in clock]
+
+
+def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbose: int = 0):
+    """Fine-tune on a Hub backbone: head on cached frozen features (Keras 3), then, if planned,
+    the whole backbone through tf_keras.
+
+    Args:
+        hub: The resolved backbone.
+        images: The :class:`~transferkit.data.ImageSet`.
+        recipe: The run's recipe (``image_size`` resolved).
+        task: :class:`~transferkit.heads.TaskSpec`.
+        resolution: Median original image size.
+        verbose: Keras verbosity.
+
+    Returns:
+        ``(model, tuned, plan, stages, history)``: the Keras 3 model with
+        the frozen Hub backbone and the trained head, the fine-tuned
+        ``tf_keras`` model when stage 2 ran and was kept (else ``None``),
+        the plan, the :class:`~transferkit.finetune.StageResult` list and
+        the history rows.
+    """
+    import time
+
+    import keras
+
+    from transferkit.data import augment_config, class_weights, make_dataset
+    from transferkit.finetune import _augment_name, _better, _predict
+
+    size = recipe.image_size
+    keras.utils.set_random_seed(recipe.seed)
+    model, feature_model = frozen_model(hub, size, recipe.head, task)
+    params = int(sum(np.prod(w.shape) for w in model.get_layer("hub_backbone").weights))
+    plan = hub_plan(hub, params, images, recipe, resolution)
+    head_config = type(recipe.head)(**{**plan.head, "dense": tuple(plan.head["dense"])})
+    if head_config != recipe.head:
+        keras.utils.set_random_seed(recipe.seed)
+        model, feature_model = frozen_model(hub, size, head_config, task)
+    log.info("%s", plan.explain())
+    weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
+    history: list[dict[str, Any]] = []
+    stages: list = []
+    batch = max(64, recipe.batch_size)
+
+    # Stage 1: the head on cached features (the backbone is inference-only in Keras 3).
+    start = time.perf_counter()
+    f_train = _predict(feature_model, images.x_train, batch)
+    f_val = _predict(feature_model, images.x_val, batch)
+    feature_seconds = time.perf_counter() - start
+    head_in = keras.Input((hub.features,), name="features")
+    x = head_in
+    for layer in head_layers(model):
+        x = layer(x)
+    head_model = keras.Model(head_in, x)
+    head_model.compile(optimizer=keras.optimizers.Adam(plan.learning_rate), loss=task.loss,
+                       metrics=list(task.metrics))
+    train_ds = make_dataset(f_train, images.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
+    val_ds = make_dataset(f_val, images.y_val, batch_size=batch)
+    rows, best, clock = _fit(head_model, train_ds, val_ds, epochs=plan.epochs, patience=recipe.patience,
+                             monitor=task.monitor, class_weight=weights, verbose=verbose)
+    history += [{"stage": "head", **row} for row in rows]
+    stages.append(_stage(model, images, task, "head", rows, best, time.perf_counter() - start, feature_seconds,
+                         "on", plan.learning_rate, [], "off", clock, batch, int(head_model.count_params())))
+    if not plan.fine_tuned or plan.fine_tune_epochs <= 0:
+        return model, None, plan, stages, history
+
+    # Stage 2: the whole backbone, in tf_keras (hub.KerasLayer trainable, BatchNorm statistics kept).
+    import tf_keras
+
+    start = time.perf_counter()
+    tuned = fine_tune_model(hub, size, head_config, task)
+    for layer in head_layers(model):
+        tuned.get_layer(layer.name).set_weights(layer.get_weights())
+    rate = plan.group_learning_rates["hub"]
+    steps = max(1, -(-len(images.y_train) // recipe.batch_size) * plan.fine_tune_epochs)
+    tuned.compile(optimizer=tf_keras.optimizers.Adam(tf_keras.optimizers.schedules.CosineDecay(rate, steps)),
+                  loss=task.loss, metrics=list(task.metrics))
+    augment = recipe.augment if plan.augment == "custom" else plan.augment
+    train_ds = make_dataset(images.x_train, images.y_train, batch_size=recipe.batch_size, shuffle=True,
+                            seed=recipe.seed, augment=augment_config(augment))
+    val_ds = make_dataset(images.x_val, images.y_val, batch_size=batch)
+    trainable = int(sum(np.prod(w.shape) for w in tuned.trainable_weights))
+    rows, best, clock = _fit(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs, patience=recipe.patience,
+                             monitor=task.monitor, class_weight=weights, verbose=verbose)
+    history += [{"stage": "fine_tune", **row} for row in rows]
+    second = _stage(tuned, images, task, "fine_tune", rows, best, time.perf_counter() - start, 0.0,
+                    "off: the backbone trains", rate, ["hub"], _augment_name(augment) and "on" or "off", clock,
+                    batch, trainable)
+    if not _better(second, stages[0], task.monitor):
+        log.info("Stage 2 ended below stage 1 on the validation set; the frozen-backbone model is kept.")
+        from dataclasses import replace
+
+        stages.append(replace(second, kept=False))
+        return model, None, plan, stages, history
+    stages.append(second)
+    return model, tuned, plan, stages, history
+
+
+def _stage(model, images, task, name, rows, best, seconds, feature_seconds, cache, rate, groups, augment,
+           clock, batch, trainable):
+    from transferkit.data import make_dataset
+    from transferkit.finetune import StageResult
+
+    if not type(model).__module__.startswith("tf_keras"):  # the Keras 3 model was never compiled
+        model.compile(loss=task.loss, metrics=list(task.metrics))
+    result = model.evaluate(make_dataset(images.x_val, images.y_val, batch_size=batch), verbose=0,
+                            return_dict=True)
+    accuracy = result.get("accuracy", result.get("binary_accuracy"))
+    return StageResult(name=name, epochs=len(rows), best_epoch=best, seconds=round(seconds, 2),
+                       feature_seconds=round(feature_seconds, 2), feature_cache=cache,
+                       val_accuracy=None if accuracy is None else round(float(accuracy), 4),
+                       val_loss=round(float(result["loss"]), 4), trainable_params=trainable,
+                       learning_rate=rate, unfrozen_groups=groups, augment=augment, epoch_seconds=clock)
+
+
+def export_saved_model(model, folder: str | os.PathLike) -> Path:
+    """Write a tf_keras or Keras 3 model as a TensorFlow SavedModel, atomically (temp folder, then rename).
+
+    Returns:
+        The folder. Keras 3 loads it for inference as
+        ``keras.layers.TFSMLayer(folder, call_endpoint="serving_default")``.
+    """
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        if type(model).__module__.startswith("tf_keras"):
+            model.save(str(tmp), save_format="tf")
+        else:
+            model.export(str(tmp), format="tf_saved_model", verbose=False)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def load_saved_model(folder: str | os.PathLike, image_size: int):
+    """A Keras 3 inference model around an exported SavedModel (``keras.layers.TFSMLayer``)."""
+    import keras
+
+    layer = keras.layers.TFSMLayer(str(folder), call_endpoint=SIGNATURE, name="saved_model")
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        (outputs,) = outputs.values()
+    return keras.Model(inputs, outputs, name="saved_model")
