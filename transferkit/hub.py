@@ -23,9 +23,13 @@ Two paths, one description:
 * **Frozen (Keras 3)**: ``keras.layers.TFSMLayer`` inside a Keras 3 model:
   raw pixels in, a rescaling layer, the Hub features, transferkit's head.
   ``TFSMLayer`` is inference-only, so the backbone cannot train in Keras 3.
-  The model saves as ``.keras`` and reloads with plain Keras (no custom
-  objects, ``safe_mode`` untouched); the ``.keras`` file stores the
-  SavedModel's *path*, not its weights, so the folder must stay where it is.
+  The model saves as ``.keras`` and reloads with plain Keras, no custom
+  objects, but only with ``keras.models.load_model(path, safe_mode=False)``:
+  Keras refuses to deserialise a ``TFSMLayer`` in safe mode because it
+  loads an external SavedModel. The ``.keras`` file stores that
+  SavedModel's *path*, not its weights. transferkit therefore also exports
+  every Hub run as a self-contained ``saved_model/`` folder, and
+  ``transferkit predict`` loads that one.
 * **Fine-tuned (tf_keras)**: ``hub.KerasLayer(trainable=True)`` in a
   ``tf_keras`` model, called with ``training=False``: every variable of the
   SavedModel trains (BatchNorm's scale and offset included, since a

@@ -422,6 +422,7 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     started = time.perf_counter()
     names = choose_layers(layer_infos(transfer.model), config.layers, config.structure)
     tfmot, tfk = _tfmot(), _tf_keras()
+    tfk.utils.set_random_seed(seed)
     batch = config.batch_size or batch_size
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, batch))
     before = _evaluate(transfer, val_ds)
