@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean bench bench-planner bench-prune
+.PHONY: demo test install clean bench bench-planner bench-prune bench-hub
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench-planner: $(VENV)/.installed
 
 bench-prune: $(VENV)/.installed
 	$(PY) benchmarks/prune.py
+
+bench-hub: $(VENV)/.installed
+	$(PY) benchmarks/hub.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,5 +1,6 @@
 """The command line, run as a user runs it."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,10 @@ def test_help_answers_fast_without_tensorflow():
         (["finetune", "--demo", "somewhere"], "either DATA_DIR or --demo"),
         (["finetune", "--backbone", "resnet5", "--output", "x", "."], "Did you mean"),
         (["predict", "/no/such/run", "a.jpg"], "not a transferkit run folder"),
+        (["prune", "/no/such/run", "--output", "x"], "not a transferkit run folder"),
+        (["prune", "/no/such/run"], "Give --output DIR"),
+        (["prune", "/no/such/run", "--output", "x", "--target-sparsity", "1.5"], "target_sparsity must be"),
+        (["finetune", ".", "--output", "x", "--backbone", "hub:/no/such/folder"], "is not a folder"),
         (["plan", "/no/such/folder"], "does not exist"),
         (["finetune", ".", "--output", "x", "--plan", "none", "--unfreeze", "2", "--backbone", "resnt50"],
          "Did you mean"),
@@ -88,3 +93,12 @@ def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
     assert shown.returncode == 0, shown.stderr[-2000:]
     line = shown.stdout.strip().splitlines()[-1]
     assert line.startswith(str(image)) and ("3 " in line and "7 " in line)
+    pruned = tmp_path / "pruned"
+    done = _run("prune", str(out), "--epochs", "1", "--target-sparsity", "0.5", "--output", str(pruned), "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "sparsity 0.5" in done.stdout and "keras_gzip" in done.stdout
+    assert sorted(p.name for p in pruned.iterdir()) == ["history.csv", "metrics.json", "model.keras",
+                                                          "model.tflite", "recipe.yaml"]
+    metrics = json.loads((pruned / "metrics.json").read_text())
+    assert abs(metrics["sparsity"] - 0.5) <= 0.01 and metrics["val_accuracy_before"] is not None
+    assert set(metrics["size_bytes"]["after"]) == {"keras", "keras_gzip", "tflite", "tflite_gzip"}

@@ -170,3 +170,18 @@ def test_erdos_renyi_prunes_big_kernels_harder_and_meets_the_global_target():
         assert er["c0"] <= er["c2"] <= er["c3"] <= er["c4"]  # more weights, more pruning
     with pytest.raises(RecipeError, match="cannot be split"):
         allocate_sparsity(layers[:1], 0.99, "erdos_renyi")
+
+
+def test_a_recipe_prune_section_ends_finetune_with_a_pruning_stage(tiny, mobilenet_v2_h5, tmp_path):
+    from transferkit.config import Recipe
+    from transferkit.finetune import finetune
+
+    recipe = Recipe(backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
+                    epochs=1, fine_tune_epochs=0, batch_size=8, plan="none",
+                    prune=PruneConfig(target_sparsity=0.6, epochs=1, allocation="uniform"))
+    result = finetune(tiny, recipe=recipe, output=tmp_path / "run", verbose=0)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert abs(metrics["sparsity"] - 0.6) <= 0.01 and metrics["val_accuracy"] == metrics["val_accuracy_after"]
+    assert (tmp_path / "run" / "model.tflite").is_file() and metrics["stages"][0]["name"] == "head"
+    assert [row["stage"] for row in result.history][-1] == "prune"
+    assert "prune:" in (tmp_path / "run" / "recipe.yaml").read_text()
