@@ -26,6 +26,13 @@ def test_help_answers_fast_without_tensorflow():
     assert "mobilenet_v2" in out.stdout and out.stdout.strip().endswith("False")
 
 
+def test_backbones_hub_lists_the_entries_with_handles(capsys):
+    assert main(["backbones", "--hub"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilenet_v2" in out and "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5" in out
+    assert "vgg16" not in out and "TFHUB_CACHE_DIR" in out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

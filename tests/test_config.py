@@ -56,3 +56,17 @@ def test_shipped_recipe_matches_the_demo(monkeypatch, tmp_path):
     for key in ("backbone", "variant", "image_size", "epochs", "learning_rate", "fine_tune_epochs", "unfreeze",
                 "seed", "head"):
         assert getattr(recipe, key) == getattr(DEMO_RECIPE, key), key
+
+
+def test_the_pruning_and_hub_recipes_load_with_their_sections(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from transferkit.prune import PruneConfig
+
+    monkeypatch.setenv("TRANSFERKIT_ASSETS", str(tmp_path))
+    folder = Path(__file__).parents[1] / "recipes"
+    pruned = load_recipe(folder / "sign_digits_pruned.yaml")
+    assert pruned.prune == PruneConfig(target_sparsity=0.8, epochs=15, learning_rate=0.003)
+    hub = load_recipe(folder / "sign_digits_hub.yaml")
+    assert hub.backbone == f"hub:{tmp_path}/hub/mobilenet_v2_035_224_feature_vector" and hub.hub_range == "0,1"
+    assert load_recipe(folder / "sign_digits.yaml").prune is None

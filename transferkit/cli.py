@@ -192,6 +192,12 @@ def _recipe_from_args(args: argparse.Namespace):
     return recipe, data
 
 
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from transferkit.registry import REGISTRY
 
@@ -201,9 +207,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
         rows = [("name", "size", "range", "hub handle")]
         rows += [(spec.name, str(spec.default_size), spec.hub_range or "0,1", spec.hub_handle)
                  for spec in REGISTRY.values() if spec.hub_handle]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        _print_table(rows)
         print(f"\n{len(rows) - 1} entries with a TF-Hub handle: --backbone hub:<name> (or hub:<url>, "
               f"hub:<local SavedModel folder>). Handles are cached in $TFHUB_CACHE_DIR (now {hub_cache_dir()}).")
         return 0
@@ -214,11 +218,10 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
         variants = " ".join(f"{arg}={'/'.join(str(v) for v in values)}" for arg, values in spec.variants)
         rows.append((spec.name, spec.family, str(spec.default_size), spec.preprocessing,
                      str(len(spec.layer_groups)), variants or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _print_table(rows)
     print(f"\n{len(rows) - 1} backbones. Groups are the cut points of --unfreeze; "
-          "weights load from --weights, $TRANSFERKIT_ASSETS/weights, the Keras cache or a download.")
+          "weights load from --weights, $TRANSFERKIT_ASSETS/weights, the Keras cache or a download; "
+          "--hub lists the entries with a TF-Hub handle.")
     return 0
 
 

@@ -229,6 +229,9 @@ def load_recipe(path: str | os.PathLike, **overrides: Any) -> Recipe:
             values[key] = str((path.parent / value).resolve())
         elif isinstance(value, str):
             values[key] = os.path.expandvars(os.path.expanduser(value))
+    backbone = values.get("backbone")
+    if isinstance(backbone, str) and backbone.startswith("hub:"):
+        values["backbone"] = "hub:" + os.path.expandvars(os.path.expanduser(backbone[4:]))
     try:
         recipe = Recipe(**values)
     except TypeError as error:
