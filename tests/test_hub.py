@@ -121,10 +121,11 @@ def test_the_fine_tuning_path_trains_the_backbone_keeps_batchnorm_and_exports_fo
                                                                                         tmp_path):
     import tf_keras
 
-    from transferkit.hub import export_saved_model, fine_tune_model, load_hub, load_saved_model
+    from transferkit.compat import hub_twin
+    from transferkit.hub import export_saved_model, load_hub, load_saved_model
 
     hub = load_hub(f"hub:{hub_folder}")
-    model = fine_tune_model(hub, 224, HeadConfig(), task_spec("multiclass", 2))
+    model = hub_twin(hub, 224, HeadConfig(), task_spec("multiclass", 2))
     layer = model.get_layer("hub_backbone")
     kernel = next(v for v in layer.variables if "Conv1/kernel" in v.name)
     moving = next(v for v in layer.variables if "moving_mean" in v.name)

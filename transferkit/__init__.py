@@ -66,6 +66,10 @@ _EXPORTS = {
     "PruneConfig": "prune",
     "PruneResult": "prune",
     "to_tf_keras": "compat",
+    "hub_twin": "compat",
+    # TF-Hub backbones
+    "load_hub": "hub",
+    "HubBackbone": "hub",
     "copy_weights_back": "compat",
     # errors
     "TransferkitError": "errors",

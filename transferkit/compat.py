@@ -1,7 +1,8 @@
 """The one place where Keras 3 meets Keras 2 (``tf_keras``).
 
 TF-MOT pruning and ``hub.KerasLayer`` work only on ``tf_keras`` models;
-transferkit's models are Keras 3. :func:`to_tf_keras` rebuilds a model that
+transferkit's models are Keras 3. :func:`hub_twin` builds the ``tf_keras``
+model that fine-tunes a TF-Hub backbone. :func:`to_tf_keras` rebuilds a model that
 transferkit built, from the same description (registry backbone, input size,
 variant, cut, head, task), in ``tf_keras``, flat like the original, and copies
 every weight across by layer name; :func:`copy_weights_back` returns trained
@@ -20,7 +21,7 @@ import numpy as np
 
 from transferkit.errors import MissingDependencyError, TransferkitError
 
-__all__ = ["to_tf_keras", "copy_weights_back", "TwinError"]
+__all__ = ["to_tf_keras", "copy_weights_back", "hub_twin", "TwinError"]
 
 
 class TwinError(TransferkitError, ValueError):
@@ -87,6 +88,38 @@ def to_tf_keras(transfer) -> Any:
         _copy(layer, theirs[name], spec.name)
         theirs[name].trainable = layer.trainable
     return twin
+
+
+def hub_twin(hub, image_size: int, head, task, *, name: str = "hub_transfer") -> Any:
+    """A Hub backbone's fine-tunable model in ``tf_keras``: the Keras 3 model's layers and names.
+
+    ``hub.KerasLayer(trainable=True)`` is called with ``training=False``: in
+    ``tf_keras`` an argument fixed at graph construction wins over ``fit``'s
+    ``training=True``, so every SavedModel variable trains while BatchNorm
+    normalises with, and never updates, its moving statistics.
+
+    Args:
+        hub: A :class:`~transferkit.hub.HubBackbone`.
+        image_size: Square input side.
+        head: :class:`~transferkit.heads.HeadConfig`.
+        task: :class:`~transferkit.heads.TaskSpec`.
+        name: Model name.
+
+    Returns:
+        The ``tf_keras.Model`` (raw pixels in); copy the head's weights in by layer name.
+    """
+    import tensorflow_hub
+
+    from transferkit.heads import build_head
+
+    tfk = _tf_keras()
+    scale, offset = hub.rescaling
+    inputs = tfk.Input((image_size, image_size, 3), name="image")
+    x = tfk.layers.Rescaling(scale, offset, name="hub_rescale")(inputs)
+    layer = tensorflow_hub.KerasLayer(hub.path, trainable=True, name="hub_backbone")
+    features = layer(x, training=False)
+    outputs = build_head(features, head, task, keras_module=tfk)
+    return tfk.Model(inputs, outputs, name=name)
 
 
 def _copy(source, target, label: str) -> None:

@@ -31,7 +31,8 @@ Two paths, one description:
   every Hub run as a self-contained ``saved_model/`` folder, and
   ``transferkit predict`` loads that one.
 * **Fine-tuned (tf_keras)**: ``hub.KerasLayer(trainable=True)`` in a
-  ``tf_keras`` model, called with ``training=False``: every variable of the
+  ``tf_keras`` model (:func:`transferkit.compat.hub_twin`, the one module
+  where Keras 3 meets tf_keras), called with ``training=False``: every variable of the
   SavedModel trains (BatchNorm's scale and offset included, since a
   SavedModel has no per-layer switch), while BatchNorm normalises with its
   ImageNet moving statistics and never updates them (inference mode, as in
@@ -54,7 +55,8 @@ import numpy as np
 from transferkit.errors import RecipeError, TransferkitError
 
 __all__ = ["HubBackbone", "HubNotFoundError", "HUB_PREFIX", "is_hub", "hub_cache_dir", "resolve_hub",
-           "load_hub", "frozen_model", "fine_tune_model", "check_image_size", "RANGES"]
+           "load_hub", "frozen_model", "check_image_size", "train_hub", "export_saved_model",
+           "load_saved_model", "RANGES"]
 
 log = logging.getLogger("transferkit")
 
@@ -98,6 +100,12 @@ class HubBackbone:
     features: int
     input_key: str
     output_key: str
+
+    @property
+    def rescaling(self) -> tuple[float, float]:
+        """``(scale, offset)`` that map raw [0, 255] pixels to :attr:`input_range`."""
+        low, high = self.input_range
+        return (high - low) / 255.0, low
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -267,11 +275,6 @@ def check_image_size(hub: HubBackbone, image_size: int | None) -> int:
     return hub.image_size
 
 
-def _rescale(hub: HubBackbone) -> tuple[float, float]:
-    low, high = hub.input_range
-    return (high - low) / 255.0, low
-
-
 def frozen_model(hub: HubBackbone, image_size: int, head, task, *, name: str = "hub_transfer"):
     """A Keras 3 model: raw pixels → rescaling → frozen Hub features → head.
 
@@ -290,7 +293,7 @@ def frozen_model(hub: HubBackbone, image_size: int, head, task, *, name: str = "
 
     from transferkit.heads import build_head
 
-    scale, offset = _rescale(hub)
+    scale, offset = hub.rescaling
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.Rescaling(scale, offset, name="hub_rescale")(inputs)
     backbone = keras.layers.TFSMLayer(hub.path, call_endpoint=SIGNATURE, name="hub_backbone")
@@ -302,26 +305,6 @@ def frozen_model(hub: HubBackbone, image_size: int, head, task, *, name: str = "
 def head_layers(model) -> list:
     """The head's layers (names starting with ``head_``), input to output."""
     return [layer for layer in model.layers if layer.name.startswith("head_")]
-
-
-def fine_tune_model(hub: HubBackbone, image_size: int, head, task, *, name: str = "hub_transfer"):
-    """The same model in tf_keras with a trainable ``hub.KerasLayer`` (BatchNorm in inference mode).
-
-    Returns:
-        The ``tf_keras.Model``; copy the head's weights in by layer name.
-    """
-    import tensorflow_hub as hub_module
-    import tf_keras
-
-    from transferkit.heads import build_head
-
-    scale, offset = _rescale(hub)
-    inputs = tf_keras.Input((image_size, image_size, 3), name="image")
-    x = tf_keras.layers.Rescaling(scale, offset, name="hub_rescale")(inputs)
-    layer = hub_module.KerasLayer(hub.path, trainable=True, name="hub_backbone")
-    features = layer(x, training=False)  # BatchNorm keeps its moving statistics, even in fit()
-    outputs = build_head(features, head, task, keras_module=tf_keras)
-    return tf_keras.Model(inputs, outputs, name=name)
 
 
 def hub_plan(hub: HubBackbone, params: int, images, recipe, resolution=None):
@@ -456,8 +439,10 @@ def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbos
     # Stage 2: the whole backbone, in tf_keras (hub.KerasLayer trainable, BatchNorm statistics kept).
     import tf_keras
 
+    from transferkit.compat import hub_twin
+
     start = time.perf_counter()
-    tuned = fine_tune_model(hub, size, head_config, task)
+    tuned = hub_twin(hub, size, head_config, task)
     for layer in head_layers(model):
         tuned.get_layer(layer.name).set_weights(layer.get_weights())
     rate = plan.group_learning_rates["hub"]
