@@ -394,11 +394,12 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
                    seed: int = 0, verbose: int | None = None) -> PruneResult:
     """Prune a fine-tuned model through its tf_keras twin, in place.
 
-    BatchNormalization layers stay frozen (inference mode, ImageNet-era
-    statistics adapted by fine-tuning), as in fine-tuning; pruned layers
-    train; the other layers keep their ``trainable`` flags. The final
-    weights are kept (not the best epoch), because only they have the
-    target sparsity.
+    Pruned layers train; the other layers keep their ``trainable`` flags;
+    BatchNorm follows ``config.batch_norm`` (recalibrated: batch statistics
+    while pruning, moving statistics recomputed at the end, so per-epoch
+    validation would read stale statistics and is skipped; frozen:
+    inference mode, validated each epoch). The final weights are kept (not
+    the best epoch), because only they have the target sparsity.
 
     Args:
         transfer: A :class:`~transferkit.finetune.TransferModel`; its Keras 3
@@ -466,8 +467,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
                             augment=augment_config(config.augment))
     log.info("Pruning %d layers to %.0f %% sparsity over %d epochs (%s schedule, %s)", len(names),
              100 * config.sparsity, config.epochs, config.schedule, config.structure)
-    fit = pruned.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                     verbose=2 if verbose is None else verbose)
+    fit = pruned.fit(train_ds, validation_data=None if config.batch_norm == "recalibrate" else val_ds,
+                     epochs=config.epochs, callbacks=callbacks, verbose=2 if verbose is None else verbose)
     stripped = sparsity.strip_pruning(pruned)
     if config.batch_norm == "recalibrate":
         recalibrate_batch_norm(stripped, images.x_train, batch)
