@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     debug = args.debug or os.environ.get("TRANSFERKIT_DEBUG") == "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process's C++ log noise only
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # TensorFlow's INFO lines stay quiet
     logging.getLogger("transferkit").setLevel(logging.INFO)
     try:
         return _COMMANDS[args.command](args)

@@ -982,9 +982,15 @@ def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, 
                             "registry backbone (e.g. --backbone mobilenet_v2).")
     recipe = load_recipe(folder / "recipe.yaml")
     groups = metrics.get("layer_groups") or []
-    transfer = build_model(metrics["backbone"], num_outputs=int(model.outputs[0].shape[-1]),
-                           image_size=int(metrics["image_size"]), task=metrics["task"], head=recipe.head,
-                           weights=None, cut=groups[-1] if groups else None, **dict(metrics.get("variant") or {}))
+    previous = log.level
+    log.setLevel(logging.WARNING)  # the rebuild starts from random weights; the run's replace them below
+    try:
+        transfer = build_model(metrics["backbone"], num_outputs=int(model.outputs[0].shape[-1]),
+                               image_size=int(metrics["image_size"]), task=metrics["task"], head=recipe.head,
+                               weights=None, cut=groups[-1] if groups else None,
+                               **dict(metrics.get("variant") or {}))
+    finally:
+        log.setLevel(previous)
     saved = {layer.name: layer for layer in model.layers if layer.weights}
     ours = {layer.name: layer for layer in transfer.model.layers if layer.weights}
     if set(saved) != set(ours):
@@ -994,4 +1000,5 @@ def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, 
         layer.set_weights(saved[name].get_weights())
         layer.trainable = saved[name].trainable
     transfer.weights_source = WeightsSource("path", str(folder / "model.keras"))
+    log.info("Loaded the run's trained weights from %s", folder / "model.keras")
     return transfer, metrics, recipe

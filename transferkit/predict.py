@@ -58,7 +58,7 @@ def load_run(model_dir: str | os.PathLike):
 
         # The run's own SavedModel (self-contained, found wherever the folder moved).
         return load_saved_model(folder / "saved_model", int(metrics["image_size"])), metrics
-    model = keras.models.load_model(folder / "model.keras")
+    model = keras.models.load_model(folder / "model.keras", compile=False)  # no optimizer state needed
     return model, metrics
 
 
