@@ -27,6 +27,9 @@ def test_help_answers_fast_without_tensorflow():
 
 
 def test_backbones_hub_lists_the_entries_with_handles(capsys):
+    assert main(["backbones"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    assert rows["mobilenet_v2"][5] == "yes" and rows["vgg16"][5] == "-"
     assert main(["backbones", "--hub"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v2" in out and "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5" in out

@@ -211,17 +211,17 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
         print(f"\n{len(rows) - 1} entries with a TF-Hub handle: --backbone hub:<name> (or hub:<url>, "
               f"hub:<local SavedModel folder>). Handles are cached in $TFHUB_CACHE_DIR (now {hub_cache_dir()}).")
         return 0
-    rows = [("name", "family", "size", "preprocess", "groups", "variants")]
+    rows = [("name", "family", "size", "preprocess", "groups", "hub", "variants")]
     for spec in REGISTRY.values():
         if args.family and spec.family.lower() != args.family.lower():
             continue
         variants = " ".join(f"{arg}={'/'.join(str(v) for v in values)}" for arg, values in spec.variants)
         rows.append((spec.name, spec.family, str(spec.default_size), spec.preprocessing,
-                     str(len(spec.layer_groups)), variants or "-"))
+                     str(len(spec.layer_groups)), "yes" if spec.hub_handle else "-", variants or "-"))
     _print_table(rows)
     print(f"\n{len(rows) - 1} backbones. Groups are the cut points of --unfreeze; "
           "weights load from --weights, $TRANSFERKIT_ASSETS/weights, the Keras cache or a download; "
-          "--hub lists the entries with a TF-Hub handle.")
+          "hub: a TF-Hub handle exists (--hub lists them; use --backbone hub:<name>).")
     return 0
 
 
