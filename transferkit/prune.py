@@ -421,7 +421,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     from transferkit.data import augment_config, make_dataset
 
     started = time.perf_counter()
-    names = choose_layers(layer_infos(transfer.model), config.layers, config.structure)
+    infos = layer_infos(transfer.model)
+    names = choose_layers(infos, config.layers, config.structure)
     tfmot, tfk = _tfmot(), _tf_keras()
     tfk.utils.set_random_seed(seed)
     batch = config.batch_size or batch_size
@@ -435,8 +436,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     end = max(1, round(config.ramp * total))
     frequency = config.frequency or max(1, steps // 4)
     sparsity = tfmot.sparsity.keras
-    infos = {info.name: info for info in layer_infos(transfer.model)}
-    targets = allocate_sparsity([infos[name] for name in names], config.sparsity,
+    chosen = set(names)
+    targets = allocate_sparsity([info for info in infos if info.name in chosen], config.sparsity,
                                 "uniform" if config.structure == "2:4" else config.allocation)
 
     def schedule_for(target: float):
