@@ -176,7 +176,9 @@ def _recipe_from_args(args: argparse.Namespace):
         jit_compile=True if getattr(args, "jit_compile", False) else None,
         **optional,
     )
-    if recipe.backbone.startswith("hub:"):
+    from transferkit.hub import is_hub
+
+    if is_hub(recipe.backbone):
         if args.alpha is not None:
             raise RecipeError("--alpha applies to registry MobileNets; a hub: backbone has no variants.")
         # The SavedModel fixes its input size and has no variants: drop the demo's 96 px / alpha.

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from transferkit.data import AUGMENT_PRESETS, AugmentConfig
 from transferkit.errors import RecipeError
 from transferkit.heads import TASKS, HeadConfig
-from transferkit.hub import RANGES as HUB_RANGES
+from transferkit.hub import HUB_PREFIX, RANGES as HUB_RANGES, is_hub
 from transferkit.prune import PruneConfig
 
 __all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE", "PLANS", "SIMILARITIES"]
@@ -230,8 +230,8 @@ def load_recipe(path: str | os.PathLike, **overrides: Any) -> Recipe:
         elif isinstance(value, str):
             values[key] = os.path.expandvars(os.path.expanduser(value))
     backbone = values.get("backbone")
-    if isinstance(backbone, str) and backbone.startswith("hub:"):
-        values["backbone"] = "hub:" + os.path.expandvars(os.path.expanduser(backbone[4:]))
+    if is_hub(backbone):
+        values["backbone"] = HUB_PREFIX + os.path.expandvars(os.path.expanduser(backbone[len(HUB_PREFIX):]))
     try:
         recipe = Recipe(**values)
     except TypeError as error:

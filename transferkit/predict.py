@@ -53,8 +53,9 @@ def load_run(model_dir: str | os.PathLike):
             "Pass the --output folder of a finished `transferkit finetune` run."
         )
     metrics = json.loads((folder / "metrics.json").read_text())
-    if str(metrics.get("backbone", "")).startswith("hub:") and (folder / "saved_model").is_dir():
-        from transferkit.hub import load_saved_model
+    from transferkit.hub import is_hub, load_saved_model
+
+    if is_hub(metrics.get("backbone")) and (folder / "saved_model").is_dir():
 
         # The run's own SavedModel (self-contained, found wherever the folder moved).
         return load_saved_model(folder / "saved_model", int(metrics["image_size"])), metrics
