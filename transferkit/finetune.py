@@ -418,30 +418,18 @@ def _train_stage(
     train_ds = make_dataset(x_train, data.y_train, batch_size=recipe.batch_size, shuffle=True,
                             seed=recipe.seed, augment=augment)
     val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
-    monitor, mode = transfer.task.monitor
-    stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=recipe.patience,
-                                            restore_best_weights=True)
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    clock: list[float] = []
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: clock.append(time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: clock.append(time.perf_counter() - clock.pop()),
-    )
-    fit = train_model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[timer, stopper],
-                          shuffle=False, class_weight=weights, verbose=_verbose(verbose))
+    rows, best, clock = fit_with_stopping(train_model, train_ds, val_ds, epochs=epochs, patience=recipe.patience,
+                                          monitor=transfer.task.monitor, class_weight=weights,
+                                          verbose=_verbose(verbose))
+    history.extend({"stage": name, **row} for row in rows)
     evaluation = train_model.evaluate(val_ds, verbose=0, return_dict=True)
-    for epoch in range(len(fit.history.get("loss", []))):
-        row = {"stage": name, "epoch": epoch + 1}
-        row.update({k: float(v[epoch]) for k, v in fit.history.items()})
-        row["seconds"] = round(clock[epoch], 3) if epoch < len(clock) else None
-        history.append(row)
-    best = stopper.best_epoch + 1 if stopper.best_weights is not None else len(fit.history.get("loss", []))
     accuracy = evaluation.get("accuracy", evaluation.get("binary_accuracy"))
     return StageResult(
         name=name,
-        epochs=len(fit.history.get("loss", [])),
-        best_epoch=int(best),
+        epochs=len(rows),
+        best_epoch=best,
         seconds=round(time.perf_counter() - start, 2),
         feature_seconds=round(feature_seconds, 2),
         feature_cache=cache_state,
@@ -451,8 +439,39 @@ def _train_stage(
         learning_rate=learning_rate,
         unfrozen_groups=unfrozen,
         augment="off" if augment is None else "on",
-        epoch_seconds=[round(c, 3) for c in clock],
+        epoch_seconds=clock,
     )
+
+
+def fit_with_stopping(model, train, val, *, epochs: int, patience: int, monitor: tuple[str, str],
+                      class_weight=None, verbose: int = 0) -> tuple[list[dict[str, Any]], int, list[float]]:
+    """``model.fit`` with early stopping (best weights restored) and per-epoch wall time.
+
+    Works for Keras 3 and ``tf_keras`` models (each with its own callbacks).
+
+    Returns:
+        ``(rows, best_epoch, epoch_seconds)``: one history row per epoch
+        (``epoch``, every logged metric, ``seconds``), the 1-based epoch
+        whose weights were kept, and each epoch's seconds.
+    """
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as k
+    else:
+        import keras as k
+    stopper = k.callbacks.EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=patience,
+                                        restore_best_weights=True)
+    clock: list[float] = []
+    timer = k.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: clock.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: clock.append(time.perf_counter() - clock.pop()),
+    )
+    fit = model.fit(train, validation_data=val, epochs=epochs, callbacks=[timer, stopper], shuffle=False,
+                    class_weight=class_weight, verbose=verbose)
+    ran = len(fit.history.get("loss", []))
+    rows = [{"epoch": e + 1, **{k_: float(v[e]) for k_, v in fit.history.items()},
+             "seconds": round(clock[e], 3) if e < len(clock) else None} for e in range(ran)]
+    best = stopper.best_epoch + 1 if getattr(stopper, "best_weights", None) is not None else ran
+    return rows, int(best), [round(c, 3) for c in clock]
 
 
 def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *,
@@ -713,8 +732,7 @@ def plan(
         from transferkit.hub import frozen_model, hub_plan
 
         model, _ = frozen_model(spec, recipe.image_size, recipe.head, task_spec(build["task"], build["num_outputs"]))
-        params = int(sum(np.prod(w.shape) for w in model.get_layer("hub_backbone").weights))
-        return hub_plan(spec, params, images, recipe, resolution)
+        return hub_plan(spec, model, images, recipe, resolution)
     transfer = build_model(spec, registry=registry, **build)
     return make_plan(transfer, images, recipe, resolution)
 
@@ -809,15 +827,9 @@ def _finetune(recipe, spec, images, resolution, build, started, verbose) -> Fine
         "variant": transfer.variant,
         "image_size": size,
         "task": task,
-        "num_classes": images.num_classes,
-        "class_names": list(images.class_names),
-        "train_counts": images.counts("train"),
-        "val_counts": images.counts("val"),
-        "validation": images.validation,
+        **_data_metrics(images),
         "weights_source": transfer.weights_source.describe(),
         "weights": transfer.weights_source.to_dict(),
-        "skipped_images": len(images.skipped),
-        "skipped_files": [{"path": p, "reason": r} for p, r in images.skipped[:50]],
         "unfreeze_groups": len(final.unfrozen_groups) if tuned else 0,
         "layer_groups": [g.name for g in transfer.groups],
         "plan": plan.to_dict(),
@@ -870,14 +882,8 @@ def _finetune_hub(recipe, hub, images, resolution, build, started, verbose) -> F
         "variant": {},
         "image_size": recipe.image_size,
         "task": task.task,
-        "num_classes": images.num_classes,
-        "class_names": list(images.class_names),
-        "train_counts": images.counts("train"),
-        "val_counts": images.counts("val"),
-        "validation": images.validation,
+        **_data_metrics(images),
         "weights_source": f"{hub.path} ({hub.source})",
-        "skipped_images": len(images.skipped),
-        "skipped_files": [{"path": p, "reason": r} for p, r in images.skipped[:50]],
         "unfreeze_groups": 1 if tuned is not None else 0,
         "layer_groups": ["hub"],
         "plan": plan.to_dict(),
@@ -896,6 +902,19 @@ def _finetune_hub(recipe, hub, images, resolution, build, started, verbose) -> F
         save_run(result, recipe.output)
         result.output = recipe.output
     return result
+
+
+def _data_metrics(images: ImageSet) -> dict[str, Any]:
+    """What ``metrics.json`` records of the data, for every kind of run."""
+    return {
+        "num_classes": images.num_classes,
+        "class_names": list(images.class_names),
+        "train_counts": images.counts("train"),
+        "val_counts": images.counts("val"),
+        "validation": images.validation,
+        "skipped_images": len(images.skipped),
+        "skipped_files": [{"path": p, "reason": r} for p, r in images.skipped[:50]],
+    }
 
 
 def _versions() -> dict[str, str]:

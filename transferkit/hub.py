@@ -307,12 +307,25 @@ def head_layers(model) -> list:
     return [layer for layer in model.layers if layer.name.startswith("head_")]
 
 
-def hub_plan(hub: HubBackbone, params: int, images, recipe, resolution=None):
+def backbone_params(model) -> int:
+    """Weights of the Hub backbone inside a :func:`frozen_model`."""
+    return int(sum(np.prod(w.shape) for w in model.get_layer("hub_backbone").weights))
+
+
+def hub_plan(hub: HubBackbone, model, images, recipe, resolution=None):
     """The freeze plan for a Hub backbone: one opaque group, recipe overrides applied.
+
+    Args:
+        hub: The backbone.
+        model: Its :func:`frozen_model` (for the parameter count).
+        images: The data.
+        recipe: The run's recipe.
+        resolution: Median original image size.
 
     Raises:
         RecipeError: For ``cut`` (an opaque model cannot be cut) or ``unfreeze`` above 1.
     """
+    from transferkit.finetune import _augment_name
     from transferkit.measure import profile_data
     from transferkit.planner import GroupInfo, Similarity, fixed_plan, override_plan, plan_opaque
 
@@ -325,7 +338,7 @@ def hub_plan(hub: HubBackbone, params: int, images, recipe, resolution=None):
     profile = profile_data(images, resolution)
     head = asdict(recipe.head)
     head["dense"] = list(recipe.head.dense)
-    augment = recipe.augment if isinstance(recipe.augment, str) or recipe.augment is None else "custom"
+    augment = _augment_name(recipe.augment)
     try:
         if recipe.plan == "none":
             unfreeze = 1 if recipe.unfreeze is None else recipe.unfreeze
@@ -340,37 +353,13 @@ def hub_plan(hub: HubBackbone, params: int, images, recipe, resolution=None):
         else:
             similarity = Similarity(score=0.0, method="not measurable: a SavedModel exposes no per-layer "
                                     "BatchNorm statistics; treated as different, declare --similarity to change")
-        plan = plan_opaque(profile, similarity, GroupInfo("hub", params), learning_rate=recipe.learning_rate,
+        plan = plan_opaque(profile, similarity, GroupInfo("hub", backbone_params(model)), learning_rate=recipe.learning_rate,
                            epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs, backbone=hub.name)
         return override_plan(plan, ["hub"], unfreeze=recipe.unfreeze,
                              fine_tune_learning_rate=recipe.fine_tune_learning_rate, augment=augment,
                              head=head, budget=(recipe.epochs, recipe.fine_tune_epochs))
     except ValueError as error:
         raise RecipeError(str(error)) from None
-
-
-def _fit(model, train, val, *, epochs, patience, monitor, class_weight, verbose):
-    """fit with early stopping (best weights restored); returns (history rows, best epoch, seconds per epoch)."""
-    import time
-
-    callbacks_module = type(model).__module__.split(".")[0]
-    if callbacks_module == "tf_keras":
-        import tf_keras as k
-    else:
-        import keras as k
-    stopper = k.callbacks.EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=patience,
-                                        restore_best_weights=True)
-    clock: list[float] = []
-    timer = k.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: clock.append(time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: clock.append(time.perf_counter() - clock.pop()))
-    fit = model.fit(train, validation_data=val, epochs=epochs, callbacks=[timer, stopper], shuffle=False,
-                    class_weight=class_weight, verbose=verbose)
-    ran = len(fit.history.get("loss", []))
-    best = stopper.best_epoch + 1 if getattr(stopper, "best_weights", None) is not None else ran
-    rows = [{"epoch": e + 1, **{key: float(values[e]) for key, values in fit.history.items()},
-             "seconds": round(clock[e], 3) if e < len(clock) else None} for e in range(ran)]
-    return rows, int(best), [round(c, 3) for c in clock]
 
 
 def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbose: int = 0):
@@ -397,13 +386,12 @@ def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbos
     import keras
 
     from transferkit.data import augment_config, class_weights, make_dataset
-    from transferkit.finetune import _augment_name, _better, _predict
+    from transferkit.finetune import _better, _predict, fit_with_stopping
 
     size = recipe.image_size
     keras.utils.set_random_seed(recipe.seed)
     model, feature_model = frozen_model(hub, size, recipe.head, task)
-    params = int(sum(np.prod(w.shape) for w in model.get_layer("hub_backbone").weights))
-    plan = hub_plan(hub, params, images, recipe, resolution)
+    plan = hub_plan(hub, model, images, recipe, resolution)
     head_config = type(recipe.head)(**{**plan.head, "dense": tuple(plan.head["dense"])})
     if head_config != recipe.head:
         keras.utils.set_random_seed(recipe.seed)
@@ -428,11 +416,13 @@ def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbos
                        metrics=list(task.metrics))
     train_ds = make_dataset(f_train, images.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
     val_ds = make_dataset(f_val, images.y_val, batch_size=batch)
-    rows, best, clock = _fit(head_model, train_ds, val_ds, epochs=plan.epochs, patience=recipe.patience,
-                             monitor=task.monitor, class_weight=weights, verbose=verbose)
+    rows, best, clock = fit_with_stopping(head_model, train_ds, val_ds, epochs=plan.epochs,
+                                          patience=recipe.patience, monitor=task.monitor, class_weight=weights,
+                                          verbose=verbose)
     history += [{"stage": "head", **row} for row in rows]
-    stages.append(_stage(model, images, task, "head", rows, best, time.perf_counter() - start, feature_seconds,
-                         "on", plan.learning_rate, [], "off", clock, batch, int(head_model.count_params())))
+    # The head shares the full model's layers: evaluating it on the cached features is evaluating the model.
+    stages.append(_stage(head_model, val_ds, "head", rows, best, time.perf_counter() - start, feature_seconds,
+                         "on", plan.learning_rate, [], "off", clock, int(head_model.count_params())))
     if not plan.fine_tuned or plan.fine_tune_epochs <= 0:
         return model, None, plan, stages, history
 
@@ -454,12 +444,13 @@ def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbos
                             seed=recipe.seed, augment=augment_config(augment))
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=batch)
     trainable = int(sum(np.prod(w.shape) for w in tuned.trainable_weights))
-    rows, best, clock = _fit(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs, patience=recipe.patience,
-                             monitor=task.monitor, class_weight=weights, verbose=verbose)
+    rows, best, clock = fit_with_stopping(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs,
+                                          patience=recipe.patience, monitor=task.monitor, class_weight=weights,
+                                          verbose=verbose)
     history += [{"stage": "fine_tune", **row} for row in rows]
-    second = _stage(tuned, images, task, "fine_tune", rows, best, time.perf_counter() - start, 0.0,
-                    "off: the backbone trains", rate, ["hub"], _augment_name(augment) and "on" or "off", clock,
-                    batch, trainable)
+    second = _stage(tuned, val_ds, "fine_tune", rows, best, time.perf_counter() - start, 0.0,
+                    "off: the backbone trains", rate, ["hub"],
+                    "off" if augment_config(augment) is None else "on", clock, trainable)
     if not _better(second, stages[0], task.monitor):
         log.info("Stage 2 ended below stage 1 on the validation set; the frozen-backbone model is kept.")
         from dataclasses import replace
@@ -470,15 +461,12 @@ def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbos
     return model, tuned, plan, stages, history
 
 
-def _stage(model, images, task, name, rows, best, seconds, feature_seconds, cache, rate, groups, augment,
-           clock, batch, trainable):
-    from transferkit.data import make_dataset
+def _stage(model, val, name, rows, best, seconds, feature_seconds, cache, rate, groups, augment, clock,
+           trainable):
+    """The :class:`~transferkit.finetune.StageResult` of a Hub stage, evaluated on ``val`` (compiled model)."""
     from transferkit.finetune import StageResult
 
-    if not type(model).__module__.startswith("tf_keras"):  # the Keras 3 model was never compiled
-        model.compile(loss=task.loss, metrics=list(task.metrics))
-    result = model.evaluate(make_dataset(images.x_val, images.y_val, batch_size=batch), verbose=0,
-                            return_dict=True)
+    result = model.evaluate(val, verbose=0, return_dict=True)
     accuracy = result.get("accuracy", result.get("binary_accuracy"))
     return StageResult(name=name, epochs=len(rows), best_epoch=best, seconds=round(seconds, 2),
                        feature_seconds=round(feature_seconds, 2), feature_cache=cache,
