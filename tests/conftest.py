@@ -41,6 +41,15 @@ def sign_digits(assets) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hub_folder(assets) -> Path:
+    """The shared TF-Hub-layout SavedModel (MobileNetV2 0.35, 224 px feature vector)."""
+    path = assets / "hub" / "mobilenet_v2_035_224_feature_vector"
+    if not (path / "saved_model.pb").is_file():
+        pytest.skip(f"{path} is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
 def cifar_small(assets) -> Path:
     return _dataset(assets, "cifar10-small")
 

@@ -24,7 +24,7 @@ def test_twin_gives_the_same_outputs_and_the_round_trip_keeps_every_bit(backbone
     import tf_keras
 
     from transferkit.compat import copy_weights_back, max_output_difference, to_tf_keras
-    from transferkit.finetune import build_model, unfreeze
+    from transferkit.model import build_model, unfreeze
 
     transfer = build_model(backbone, num_outputs=5, image_size=size, weights=None, head=head, **variant)
     unfreeze(transfer, 2)
@@ -43,7 +43,7 @@ def test_twin_gives_the_same_outputs_and_the_round_trip_keeps_every_bit(backbone
 
 def test_twin_of_real_weights_and_a_cut_backbone(mobilenet_v2_h5):
     from transferkit.compat import max_output_difference, to_tf_keras
-    from transferkit.finetune import build_model
+    from transferkit.model import build_model
 
     transfer = build_model("mobilenet_v2", num_outputs=3, image_size=96, weights=str(mobilenet_v2_h5),
                            alpha=0.35, cut="block_12")

@@ -31,7 +31,8 @@ def test_feature_cache_gives_the_same_model_as_live_training(tiny, mobilenet_v2_
 def test_stage2_trains_top_groups_and_keeps_batchnorm_statistics(tiny, mobilenet_v2_h5):
     import keras
 
-    from transferkit.finetune import build_model, train_head, train_unfrozen
+    from transferkit.model import build_model
+    from transferkit.training import train_head, train_unfrozen
 
     reference = keras.applications.MobileNetV2(input_shape=(48, 48, 3), alpha=0.35,
                                                 include_top=False, weights=None)
@@ -120,7 +121,8 @@ def test_explicit_settings_override_the_plan_and_are_recorded(tiny, mobilenet_v2
 
 
 def test_a_group_at_learning_rate_zero_does_not_move(tiny, mobilenet_v2_h5):
-    from transferkit.finetune import build_model, train_unfrozen
+    from transferkit.model import build_model
+    from transferkit.training import train_unfrozen
 
     recipe = _recipe(mobilenet_v2_h5)
     transfer = build_model("mobilenet_v2", num_outputs=3, image_size=48, weights=str(mobilenet_v2_h5), alpha=0.35)
@@ -181,9 +183,9 @@ def test_unknown_precision_is_a_recipe_error():
 
 @pytest.mark.parametrize("groups, epochs", [(18, 15), (3, 3), (2, 7), (1, 1)])
 def test_gradual_steps_add_groups_up_to_all_within_the_epoch_budget(groups, epochs):
-    from transferkit.finetune import _gradual_steps
+    from transferkit.schedules import gradual_steps
 
-    steps = _gradual_steps(groups, epochs)
+    steps = gradual_steps(groups, epochs)
     unfrozen = [g for g, _ in steps]
     assert unfrozen == sorted(set(unfrozen)) and unfrozen[-1] == groups and unfrozen[0] >= 1
     assert sum(e for _, e in steps) == epochs and all(e >= 1 for _, e in steps)

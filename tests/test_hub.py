@@ -16,14 +16,6 @@ HANDLE = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/
 
 
 @pytest.fixture(scope="session")
-def hub_folder(assets):
-    path = assets / "hub" / "mobilenet_v2_035_224_feature_vector"
-    if not (path / "saved_model.pb").is_file():
-        pytest.skip(f"{path} is missing")
-    return path
-
-
-@pytest.fixture(scope="session")
 def photos(assets):
     from transferkit.data import decode_image
 
@@ -34,7 +26,7 @@ def photos(assets):
 def test_the_hub_path_and_the_h5_registry_path_give_the_same_features(hub_folder, mobilenet_v2_h5, photos):
     import keras
 
-    from transferkit.finetune import build_model
+    from transferkit.model import build_model
     from transferkit.hub import frozen_model, load_hub
 
     hub = load_hub(f"hub:{hub_folder}")

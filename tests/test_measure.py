@@ -36,7 +36,7 @@ def test_profile_and_resolution_of_a_folder(sign_digits):
 
 @pytest.fixture(scope="module")
 def model(mobilenet_v2_h5):
-    from transferkit.finetune import build_model
+    from transferkit.model import build_model
 
     return build_model("mobilenet_v2", num_outputs=10, image_size=96, weights=str(mobilenet_v2_h5), alpha=0.35)
 
@@ -77,7 +77,7 @@ def test_probe_scores_every_group(model, sign_digits):
 
 
 def test_a_backbone_without_batchnorm_is_said_to_be_unmeasurable():
-    from transferkit.finetune import build_model
+    from transferkit.model import build_model
     from transferkit.measure import measure_similarity
 
     vgg = build_model("vgg16", num_outputs=2, image_size=32, weights=None)

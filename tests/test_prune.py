@@ -96,7 +96,7 @@ def test_precise_batch_norm_statistics_are_the_mean_of_the_batch_statistics():
 @pytest.fixture(scope="module")
 def pruned(tiny, mobilenet_v2_h5):
     """MobileNetV2 (real ImageNet weights) on 48 px hand photos, pruned to 50 % for two epochs."""
-    from transferkit.finetune import build_model
+    from transferkit.model import build_model
     from transferkit.prune import prune_transfer
 
     images = tiny

@@ -1,7 +1,10 @@
-"""The one place where Keras 3 meets Keras 2 (``tf_keras``).
+"""The one place where Keras 3 meets Keras 2 (``tf_keras``); the only module that imports it.
 
 TF-MOT pruning and ``hub.KerasLayer`` work only on ``tf_keras`` models;
-transferkit's models are Keras 3. :func:`hub_twin` builds the ``tf_keras``
+transferkit's models are Keras 3. Besides the twins below, this module holds
+the legacy flavour's optimizer (:func:`legacy_adam`), model cloning
+(:func:`clone_model`) and the bridge that lets Keras 3 callbacks run in a
+``tf_keras`` ``fit`` (:func:`legacy_callbacks`). :func:`hub_twin` builds the ``tf_keras``
 model that fine-tunes a TF-Hub backbone. :func:`to_tf_keras` rebuilds a model that
 transferkit built, from the same description (registry backbone, input size,
 variant, cut, head, task), in ``tf_keras``, flat like the original, and copies
@@ -19,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.errors import MissingDependencyError, TransferkitError
+from transferkit.backbones import add_preprocessing
+from transferkit.errors import TransferkitError
+from transferkit.heads import build_head
 
-__all__ = ["to_tf_keras", "copy_weights_back", "hub_twin", "TwinError"]
+__all__ = ["to_tf_keras", "copy_weights_back", "hub_twin", "TwinError", "max_output_difference",
+           "legacy_adam", "legacy_callbacks", "clone_model", "batch_norm_layers"]
 
 
 class TwinError(TransferkitError, ValueError):
@@ -29,12 +35,8 @@ class TwinError(TransferkitError, ValueError):
 
 
 def _tf_keras():
-    try:
-        import tf_keras
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise MissingDependencyError(
-            "The tf_keras twin needs the tf-keras package: pip install 'tf-keras~=2.21'."
-        ) from None
+    import tf_keras  # a hard requirement (pyproject), imported only when the legacy flavour is used
+
     return tf_keras
 
 
@@ -47,8 +49,8 @@ def to_tf_keras(transfer) -> Any:
     """Rebuild a transferkit model in ``tf_keras`` with the same weights.
 
     Args:
-        transfer: A :class:`~transferkit.finetune.TransferModel` (from
-            :func:`~transferkit.finetune.build_model` or ``finetune``).
+        transfer: A :class:`~transferkit.model.TransferModel` (from
+            :func:`~transferkit.model.build_model` or ``finetune``).
 
     Returns:
         A flat ``tf_keras.Model``: same layer names, same weights, same
@@ -58,11 +60,7 @@ def to_tf_keras(transfer) -> Any:
         TwinError: For a model transferkit did not build, or layers whose
             weights do not line up.
     """
-    from transferkit.backbones import add_preprocessing
-    from transferkit.finetune import TransferModel
-    from transferkit.heads import build_head
-
-    if not isinstance(transfer, TransferModel):
+    if not all(hasattr(transfer, name) for name in ("model", "spec", "groups", "head", "task", "variant")):
         raise TwinError(
             f"to_tf_keras needs a TransferModel built by transferkit (build_model, finetune(...).transfer), "
             f"got {type(transfer).__name__}. Plain Keras models carry no description to rebuild from."
@@ -110,8 +108,6 @@ def hub_twin(hub, image_size: int, head, task, *, name: str = "hub_transfer") ->
     """
     import tensorflow_hub
 
-    from transferkit.heads import build_head
-
     tfk = _tf_keras()
     scale, offset = hub.rescaling
     inputs = tfk.Input((image_size, image_size, 3), name="image")
@@ -137,7 +133,7 @@ def copy_weights_back(twin, transfer) -> None:
     Args:
         twin: The ``tf_keras`` model (after training, or after
             ``tfmot.sparsity.keras.strip_pruning``).
-        transfer: The :class:`~transferkit.finetune.TransferModel` it was made from.
+        transfer: The :class:`~transferkit.model.TransferModel` it was made from.
 
     Raises:
         TwinError: When a weighted layer is missing or its shapes differ.
@@ -153,3 +149,63 @@ def max_output_difference(transfer, twin, images: np.ndarray) -> float:
     """Largest absolute difference between the two models' outputs on ``images``."""
     x = np.asarray(images, dtype="float32")
     return float(np.max(np.abs(transfer.model.predict(x, verbose=0) - twin.predict(x, verbose=0))))
+
+
+def legacy_adam(learning_rate: float, **options: Any) -> Any:
+    """A ``tf_keras`` Adam at a plain learning rate (schedules are applied by a callback)."""
+    return _tf_keras().optimizers.Adam(learning_rate, **options)
+
+
+def clone_model(model: Any, clone_function: Any) -> Any:
+    """``tf_keras.models.clone_model``: the same graph, each layer passed through ``clone_function``."""
+    return _tf_keras().models.clone_model(model, clone_function=clone_function)
+
+
+def batch_norm_layers(model: Any) -> list:
+    """The ``tf_keras`` model's BatchNormalization layers."""
+    return [layer for layer in model.layers if isinstance(layer, _tf_keras().layers.BatchNormalization)]
+
+
+_HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+          "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+          "on_predict_begin", "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")
+
+
+def legacy_callbacks(callbacks: Any) -> list:
+    """Keras 3 callbacks made runnable by a ``tf_keras`` ``fit``.
+
+    ``tf_keras`` calls hooks a Keras 3 callback lacks (``_implements_*``);
+    each callback is wrapped in a ``tf_keras`` callback that forwards every
+    hook and hands it the ``tf_keras`` model, so a callback that reads or sets
+    ``self.model.optimizer.learning_rate`` or ``self.model.stop_training``
+    acts on the legacy model. ``tf_keras`` callbacks pass through unchanged.
+
+    Args:
+        callbacks: Keras 3 or ``tf_keras`` callbacks.
+
+    Returns:
+        ``tf_keras`` callbacks, in the same order.
+    """
+    tfk = _tf_keras()
+
+    class Bridge(tfk.callbacks.Callback):
+        """Forwards every hook to a Keras 3 callback."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def set_model(self, model):
+            super().set_model(model)
+            self.inner.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            self.inner.set_params(params)
+
+    def forward(hook):
+        return lambda self, *args, **kwargs: getattr(self.inner, hook)(*args, **kwargs)
+
+    for hook in _HOOKS:
+        setattr(Bridge, hook, forward(hook))
+    return [cb if isinstance(cb, tfk.callbacks.Callback) else Bridge(cb) for cb in callbacks]

@@ -1,4 +1,11 @@
-"""Recipes: every setting of a fine-tuning run in one frozen dataclass.
+"""Every setting of transferkit, as frozen dataclasses: recipes and their sections.
+
+:class:`Recipe` holds a run's settings; its nested sections are
+:class:`HeadConfig` (the head's layers), :class:`AugmentConfig` (training
+augmentation) and :class:`PruneConfig` (the pruning stage). This module is
+pure: it imports no TensorFlow, only :mod:`transferkit.errors` and the
+registry's ``hub:`` name syntax, so configurations are checked before any
+expensive work starts.
 
 A recipe comes from defaults, a YAML file (:func:`load_recipe`) and flags, in
 that order of precedence (flags win). Its keys are the CLI flag names with
@@ -10,17 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from transferkit.data import AUGMENT_PRESETS, AugmentConfig
-from transferkit.errors import RecipeError
-from transferkit.heads import TASKS, HeadConfig
-from transferkit.hub import HUB_PREFIX, RANGES as HUB_RANGES, is_hub
-from transferkit.prune import PruneConfig
+from transferkit.errors import DataError, RecipeError
+from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 
-__all__ = ["Recipe", "load_recipe", "recipe_to_dict", "DEMO_RECIPE", "PLANS", "SIMILARITIES"]
+__all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "load_recipe", "recipe_to_dict",
+           "augment_config", "DEMO_RECIPE", "PLANS", "SIMILARITIES", "TASKS", "AUGMENT_PRESETS"]
 
 #: Values of ``Recipe.plan``.
 PLANS = ("auto", "none")
@@ -28,6 +33,199 @@ PLANS = ("auto", "none")
 SIMILARITIES = ("similar", "different")
 #: Mixed-precision policies.
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
+
+
+#: Tasks a head can be built for.
+TASKS = ("multiclass", "binary", "multilabel", "regression")
+#: Pooling of the backbone's feature map in the head.
+POOLINGS = ("avg", "max", "flatten")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The layers put on top of the backbone.
+
+    Attributes:
+        pooling: ``"avg"``, ``"max"`` or ``"flatten"``. Defaults to ``"avg"``.
+        dense: Units of hidden dense layers, in order; ``()`` gives a linear
+            head (pooling → dropout → output).
+        dropout: Dropout rate before each dense layer and the output.
+        batch_norm: Add batch normalisation after each hidden dense layer.
+        activation: Activation of the hidden dense layers.
+    """
+
+    pooling: str = "avg"
+    dense: tuple[int, ...] = ()
+    dropout: float = 0.2
+    batch_norm: bool = False
+    activation: str = "relu"
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise RecipeError(f"head pooling must be one of {POOLINGS}, got {self.pooling!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RecipeError(f"head dropout must be in [0, 1), got {self.dropout!r}.")
+        if any((not isinstance(u, int)) or u <= 0 for u in self.dense):
+            raise RecipeError(f"head dense units must be positive integers, got {list(self.dense)!r}.")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation applied to training batches.
+
+    Attributes:
+        flip: ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"``
+            or ``""`` for none.
+        rotation: Maximum rotation as a fraction of a full turn.
+        zoom: Maximum zoom in or out, as a fraction.
+        contrast: Maximum contrast change, as a fraction.
+    """
+
+    flip: str = "horizontal"
+    rotation: float = 0.05
+    zoom: float = 0.1
+    contrast: float = 0.1
+
+
+#: Named augmentation strengths; the planner picks one, a recipe may name one.
+AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
+    "none": None,
+    "light": AugmentConfig(),
+    "strong": AugmentConfig(rotation=0.1, zoom=0.2, contrast=0.2),
+}
+
+
+def augment_config(value: "AugmentConfig | str | None") -> AugmentConfig | None:
+    """The augmentation a preset name or config stands for.
+
+    Args:
+        value: A name from :data:`AUGMENT_PRESETS`, a config, or ``None``.
+
+    Returns:
+        The config, or ``None`` for no augmentation.
+
+    Raises:
+        DataError: For an unknown preset name.
+    """
+    if value is None or isinstance(value, AugmentConfig):
+        return value
+    if value not in AUGMENT_PRESETS:
+        raise DataError(f"augment must be one of {', '.join(AUGMENT_PRESETS)} or a mapping of "
+                        f"flip/rotation/zoom/contrast, got {value!r}.")
+    return AUGMENT_PRESETS[value]
+
+
+#: Sparsity schedules: Zhu & Gupta's cubic ramp, or the target from step 0.
+SCHEDULES = ("polynomial", "constant")
+#: ``unstructured`` zeroes any weights; ``2:4`` zeroes 2 of every 4
+#: consecutive weights of each output channel (50 %, what sparse tensor
+#: cores accelerate).
+STRUCTURES = ("unstructured", "2:4")
+#: BatchNorm while pruning: ``recalibrate`` normalises with batch statistics
+#: while the sparsity rises, then recomputes the moving statistics over the
+#: training set; ``frozen`` keeps the fine-tuned statistics (inference mode).
+BATCH_NORM = ("recalibrate", "frozen")
+#: How the target splits over layers: the same sparsity in every pruned
+#: kernel, or Erdős–Rényi-kernel densities (Evci et al. 2020, "Rigging the
+#: Lottery"): a kernel's density scales with the sum of its dimensions over
+#: their product, so big late layers (where the parameters are) are pruned
+#: harder and small early layers less; the global sparsity stays the target.
+ALLOCATIONS = ("uniform", "erdos_renyi")
+#: Most any one kernel is pruned under ``erdos_renyi``.
+MAX_LAYER_SPARSITY = 0.98
+#: Layer classes pruned by default (exact class names, so subclasses such as
+#: DepthwiseConv2D are not).
+AUTO_KINDS = ("Conv2D", "Dense")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune a fine-tuned model.
+
+    Attributes:
+        target_sparsity: Share of the pruned kernels' weights, all together,
+            that are zero at the end; ``allocation`` splits it over layers
+            (ignored for ``structure="2:4"``, which is 0.5 in every kernel).
+        initial_sparsity: Sparsity at the first pruning step.
+        epochs: Fine-tuning epochs while pruning.
+        ramp: Share of the epochs over which sparsity rises from initial to
+            target; the remaining epochs recover at the target.
+        schedule: ``"polynomial"`` (cubic, Zhu & Gupta) or ``"constant"``.
+        structure: ``"unstructured"`` or ``"2:4"``.
+        layers: ``"auto"`` (see the module docstring) or layer names /
+            shell patterns (``"block_1[3-6]_*"``).
+        learning_rate: Peak Adam learning rate (cosine-decayed).
+        frequency: Steps between mask updates; ``None`` is a quarter epoch.
+        batch_size: Batch size; ``None`` keeps the run's.
+        augment: Augmentation while pruning (``none``/``light``/``strong``).
+        quantize: Write the ``.tflite`` with dynamic-range (int8 weight)
+            quantisation.
+        summaries: Folder for TF-MOT's TensorBoard ``PruningSummaries``.
+        batch_norm: ``"recalibrate"`` or ``"frozen"`` (see :data:`BATCH_NORM`).
+        allocation: ``"uniform"`` or ``"erdos_renyi"`` (see
+            :data:`ALLOCATIONS`); either way the pruned kernels together
+            reach ``target_sparsity``.
+    """
+
+    target_sparsity: float = 0.8
+    initial_sparsity: float = 0.0
+    epochs: int = 15
+    ramp: float = 0.6
+    schedule: str = "polynomial"
+    structure: str = "unstructured"
+    layers: str | tuple[str, ...] = "auto"
+    learning_rate: float = 3e-3
+    frequency: int | None = None
+    batch_size: int | None = None
+    augment: str | None = None
+    quantize: bool = False
+    summaries: str | None = None
+    batch_norm: str = "recalibrate"
+    allocation: str = "erdos_renyi"
+
+    def __post_init__(self):
+        for name in ("target_sparsity", "initial_sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise RecipeError(f"prune.{name} must be a number in [0, 1), got {value!r} "
+                                  "(0.8 zeroes 80 % of each pruned kernel).")
+        if self.initial_sparsity > self.target_sparsity:
+            raise RecipeError(f"prune.initial_sparsity ({self.initial_sparsity}) must not exceed "
+                              f"prune.target_sparsity ({self.target_sparsity}).")
+        for name, low in (("epochs", 1), ("frequency", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise RecipeError(f"prune.{name} must be an integer >= {low}, got {value!r}.")
+        if not isinstance(self.ramp, (int, float)) or not 0 < self.ramp <= 1:
+            raise RecipeError(f"prune.ramp must be in (0, 1], got {self.ramp!r}.")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or self.learning_rate <= 0:
+            raise RecipeError(f"prune.learning_rate must be a positive number, got {self.learning_rate!r}.")
+        if self.schedule not in SCHEDULES:
+            raise RecipeError(f"prune.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.batch_norm not in BATCH_NORM:
+            raise RecipeError(f"prune.batch_norm must be one of {BATCH_NORM}, got {self.batch_norm!r}.")
+        if self.allocation not in ALLOCATIONS:
+            raise RecipeError(f"prune.allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
+        if self.structure not in STRUCTURES:
+            raise RecipeError(f"prune.structure must be one of {STRUCTURES}, got {self.structure!r}.")
+        if isinstance(self.layers, (list, tuple)):
+            object.__setattr__(self, "layers", tuple(str(p) for p in self.layers))
+            if not self.layers:
+                raise RecipeError("prune.layers is empty: give 'auto' or at least one layer name or pattern.")
+        elif self.layers != "auto":
+            raise RecipeError(f"prune.layers must be 'auto' or a list of layer names/patterns, got {self.layers!r}.")
+
+    @property
+    def sparsity(self) -> float:
+        """The sparsity each pruned kernel ends at."""
+        return 0.5 if self.structure == "2:4" else float(self.target_sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready form."""
+        out = asdict(self)
+        out["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
+        return out
 
 
 @dataclass(frozen=True)

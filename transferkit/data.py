@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from transferkit.config import AUGMENT_PRESETS, AugmentConfig, augment_config
 from transferkit.errors import DataError
 
 __all__ = [
@@ -107,52 +108,6 @@ class ImageSet:
         labels = self.y_train if split == "train" else self.y_val
         counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes)
         return dict(zip(self.class_names, counts.tolist()))
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random augmentation applied to training batches.
-
-    Attributes:
-        flip: ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"``
-            or ``""`` for none.
-        rotation: Maximum rotation as a fraction of a full turn.
-        zoom: Maximum zoom in or out, as a fraction.
-        contrast: Maximum contrast change, as a fraction.
-    """
-
-    flip: str = "horizontal"
-    rotation: float = 0.05
-    zoom: float = 0.1
-    contrast: float = 0.1
-
-
-#: Named augmentation strengths; the planner picks one, a recipe may name one.
-AUGMENT_PRESETS: dict[str, AugmentConfig | None] = {
-    "none": None,
-    "light": AugmentConfig(),
-    "strong": AugmentConfig(rotation=0.1, zoom=0.2, contrast=0.2),
-}
-
-
-def augment_config(value: "AugmentConfig | str | None") -> AugmentConfig | None:
-    """The augmentation a preset name or config stands for.
-
-    Args:
-        value: A name from :data:`AUGMENT_PRESETS`, a config, or ``None``.
-
-    Returns:
-        The config, or ``None`` for no augmentation.
-
-    Raises:
-        DataError: For an unknown preset name.
-    """
-    if value is None or isinstance(value, AugmentConfig):
-        return value
-    if value not in AUGMENT_PRESETS:
-        raise DataError(f"augment must be one of {', '.join(AUGMENT_PRESETS)} or a mapping of "
-                        f"flip/rotation/zoom/contrast, got {value!r}.")
-    return AUGMENT_PRESETS[value]
 
 
 def scan_folder(root: str | os.PathLike) -> FolderScan:

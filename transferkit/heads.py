@@ -8,41 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transferkit.config import POOLINGS, TASKS, HeadConfig
 from transferkit.errors import RecipeError
 
-__all__ = ["HeadConfig", "TaskSpec", "TASKS", "task_spec", "build_head"]
-
-TASKS = ("multiclass", "binary", "multilabel", "regression")
-POOLINGS = ("avg", "max", "flatten")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """The layers put on top of the backbone.
-
-    Attributes:
-        pooling: ``"avg"``, ``"max"`` or ``"flatten"``. Defaults to ``"avg"``.
-        dense: Units of hidden dense layers, in order; ``()`` gives a linear
-            head (pooling → dropout → output).
-        dropout: Dropout rate before each dense layer and the output.
-        batch_norm: Add batch normalisation after each hidden dense layer.
-        activation: Activation of the hidden dense layers.
-    """
-
-    pooling: str = "avg"
-    dense: tuple[int, ...] = ()
-    dropout: float = 0.2
-    batch_norm: bool = False
-    activation: str = "relu"
-
-    def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise RecipeError(f"head pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise RecipeError(f"head dropout must be in [0, 1), got {self.dropout!r}.")
-        if any((not isinstance(u, int)) or u <= 0 for u in self.dense):
-            raise RecipeError(f"head dense units must be positive integers, got {list(self.dense)!r}.")
-
+__all__ = ["HeadConfig", "TaskSpec", "TASKS", "POOLINGS", "task_spec", "build_head"]
 
 @dataclass(frozen=True)
 class TaskSpec:

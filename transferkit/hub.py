@@ -53,16 +53,16 @@ from typing import Any
 import numpy as np
 
 from transferkit.errors import RecipeError, TransferkitError
+from transferkit.registry import HUB_PREFIX, HUB_RANGES, REGISTRY, is_hub
 
 __all__ = ["HubBackbone", "HubNotFoundError", "HUB_PREFIX", "is_hub", "hub_cache_dir", "resolve_hub",
-           "load_hub", "frozen_model", "check_image_size", "train_hub", "export_saved_model",
-           "load_saved_model", "RANGES"]
+           "load_hub", "frozen_model", "head_layers", "backbone_params", "check_image_size",
+           "export_saved_model", "load_saved_model", "RANGES"]
 
 log = logging.getLogger("transferkit")
 
-HUB_PREFIX = "hub:"
-#: Declared input ranges, by name.
-RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0), "0,255": (0.0, 255.0)}
+#: Declared input ranges, by name (the registry's :data:`~transferkit.registry.HUB_RANGES`).
+RANGES = HUB_RANGES
 #: The TF-Hub convention for image models.
 HUB_RANGE = "0,1"
 SIGNATURE = "serving_default"
@@ -112,11 +112,6 @@ class HubBackbone:
         return asdict(self)
 
 
-def is_hub(backbone: Any) -> bool:
-    """Whether a backbone name is a Hub backbone (``hub:...``)."""
-    return isinstance(backbone, str) and backbone.startswith(HUB_PREFIX)
-
-
 def hub_cache_dir() -> Path:
     """Where ``tensorflow_hub`` caches models: ``$TFHUB_CACHE_DIR`` or ``<tmp>/tfhub_modules``."""
     return Path(os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules"))
@@ -149,8 +144,6 @@ def resolve_hub(backbone: str, *, allow_download: bool = True, registry=None) ->
         RecipeError: For ``hub:`` with nothing after it, or a registry entry
             without a Hub handle.
     """
-    from transferkit.registry import REGISTRY
-
     registry = REGISTRY if registry is None else registry
     text = backbone[len(HUB_PREFIX):].strip()
     if not text:
@@ -212,8 +205,6 @@ def load_hub(backbone: str, *, input_range: str | None = None, allow_download: b
         HubNotFoundError: As :func:`resolve_hub`, or a SavedModel that fails to load.
         RecipeError: For a signature that is not an image feature vector.
     """
-    from transferkit.registry import REGISTRY
-
     registry = REGISTRY if registry is None else registry
     if input_range is not None and input_range not in RANGES:
         raise RecipeError(f"hub input_range must be one of {', '.join(RANGES)}, got {input_range!r}.")
@@ -310,169 +301,6 @@ def head_layers(model) -> list:
 def backbone_params(model) -> int:
     """Weights of the Hub backbone inside a :func:`frozen_model`."""
     return int(sum(np.prod(w.shape) for w in model.get_layer("hub_backbone").weights))
-
-
-def hub_plan(hub: HubBackbone, model, images, recipe, resolution=None):
-    """The freeze plan for a Hub backbone: one opaque group, recipe overrides applied.
-
-    Args:
-        hub: The backbone.
-        model: Its :func:`frozen_model` (for the parameter count).
-        images: The data.
-        recipe: The run's recipe.
-        resolution: Median original image size.
-
-    Raises:
-        RecipeError: For ``cut`` (an opaque model cannot be cut) or ``unfreeze`` above 1.
-    """
-    from transferkit.finetune import _augment_name
-    from transferkit.measure import profile_data
-    from transferkit.planner import GroupInfo, Similarity, fixed_plan, override_plan, plan_opaque
-
-    if recipe.cut is not None:
-        raise RecipeError(f"{hub.name} is one opaque group; it cannot be cut (got cut {recipe.cut!r}). "
-                          "Use a registry backbone (--backbone mobilenet_v2 ...) to cut.")
-    if recipe.unfreeze is not None and recipe.unfreeze > 1:
-        raise RecipeError(f"{hub.name} is one group: unfreeze must be 0 (frozen) or 1 (fine-tuned whole), "
-                          f"got {recipe.unfreeze}.")
-    profile = profile_data(images, resolution)
-    head = asdict(recipe.head)
-    head["dense"] = list(recipe.head.dense)
-    augment = _augment_name(recipe.augment)
-    try:
-        if recipe.plan == "none":
-            unfreeze = 1 if recipe.unfreeze is None else recipe.unfreeze
-            plan = fixed_plan(profile, ["hub"], unfreeze=unfreeze, learning_rate=recipe.learning_rate,
-                              top_rate=recipe.stage2_learning_rate, epochs=recipe.epochs,
-                              fine_tune_epochs=recipe.fine_tune_epochs, augment=augment or "none")
-            from dataclasses import replace
-
-            return replace(plan, head=head)
-        if recipe.similarity is not None:
-            similarity = Similarity.declare(recipe.similarity == "similar")
-        else:
-            similarity = Similarity(score=0.0, method="not measurable: a SavedModel exposes no per-layer "
-                                    "BatchNorm statistics; treated as different, declare --similarity to change")
-        plan = plan_opaque(profile, similarity, GroupInfo("hub", backbone_params(model)), learning_rate=recipe.learning_rate,
-                           epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs, backbone=hub.name)
-        return override_plan(plan, ["hub"], unfreeze=recipe.unfreeze,
-                             fine_tune_learning_rate=recipe.fine_tune_learning_rate, augment=augment,
-                             head=head, budget=(recipe.epochs, recipe.fine_tune_epochs))
-    except ValueError as error:
-        raise RecipeError(str(error)) from None
-
-
-def train_hub(hub: HubBackbone, images, recipe, task, *, resolution=None, verbose: int = 0):
-    """Fine-tune on a Hub backbone: head on cached frozen features (Keras 3), then, if planned,
-    the whole backbone through tf_keras.
-
-    Args:
-        hub: The resolved backbone.
-        images: The :class:`~transferkit.data.ImageSet`.
-        recipe: The run's recipe (``image_size`` resolved).
-        task: :class:`~transferkit.heads.TaskSpec`.
-        resolution: Median original image size.
-        verbose: Keras verbosity.
-
-    Returns:
-        ``(model, tuned, plan, stages, history)``: the Keras 3 model with
-        the frozen Hub backbone and the trained head, the fine-tuned
-        ``tf_keras`` model when stage 2 ran and was kept (else ``None``),
-        the plan, the :class:`~transferkit.finetune.StageResult` list and
-        the history rows.
-    """
-    import time
-
-    import keras
-
-    from transferkit.data import augment_config, class_weights, make_dataset
-    from transferkit.finetune import _better, _predict, fit_with_stopping
-
-    size = recipe.image_size
-    keras.utils.set_random_seed(recipe.seed)
-    model, feature_model = frozen_model(hub, size, recipe.head, task)
-    plan = hub_plan(hub, model, images, recipe, resolution)
-    head_config = type(recipe.head)(**{**plan.head, "dense": tuple(plan.head["dense"])})
-    if head_config != recipe.head:
-        keras.utils.set_random_seed(recipe.seed)
-        model, feature_model = frozen_model(hub, size, head_config, task)
-    log.info("%s", plan.explain())
-    weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
-    history: list[dict[str, Any]] = []
-    stages: list = []
-    batch = max(64, recipe.batch_size)
-
-    # Stage 1: the head on cached features (the backbone is inference-only in Keras 3).
-    start = time.perf_counter()
-    f_train = _predict(feature_model, images.x_train, batch)
-    f_val = _predict(feature_model, images.x_val, batch)
-    feature_seconds = time.perf_counter() - start
-    head_in = keras.Input((hub.features,), name="features")
-    x = head_in
-    for layer in head_layers(model):
-        x = layer(x)
-    head_model = keras.Model(head_in, x)
-    head_model.compile(optimizer=keras.optimizers.Adam(plan.learning_rate), loss=task.loss,
-                       metrics=list(task.metrics))
-    train_ds = make_dataset(f_train, images.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
-    val_ds = make_dataset(f_val, images.y_val, batch_size=batch)
-    rows, best, clock = fit_with_stopping(head_model, train_ds, val_ds, epochs=plan.epochs,
-                                          patience=recipe.patience, monitor=task.monitor, class_weight=weights,
-                                          verbose=verbose)
-    history += [{"stage": "head", **row} for row in rows]
-    # The head shares the full model's layers: evaluating it on the cached features is evaluating the model.
-    stages.append(_stage(head_model, val_ds, "head", rows, best, time.perf_counter() - start, feature_seconds,
-                         "on", plan.learning_rate, [], "off", clock, int(head_model.count_params())))
-    if not plan.fine_tuned or plan.fine_tune_epochs <= 0:
-        return model, None, plan, stages, history
-
-    # Stage 2: the whole backbone, in tf_keras (hub.KerasLayer trainable, BatchNorm statistics kept).
-    import tf_keras
-
-    from transferkit.compat import hub_twin
-
-    start = time.perf_counter()
-    tuned = hub_twin(hub, size, head_config, task)
-    for layer in head_layers(model):
-        tuned.get_layer(layer.name).set_weights(layer.get_weights())
-    rate = plan.group_learning_rates["hub"]
-    steps = max(1, -(-len(images.y_train) // recipe.batch_size) * plan.fine_tune_epochs)
-    tuned.compile(optimizer=tf_keras.optimizers.Adam(tf_keras.optimizers.schedules.CosineDecay(rate, steps)),
-                  loss=task.loss, metrics=list(task.metrics))
-    augment = recipe.augment if plan.augment == "custom" else plan.augment
-    train_ds = make_dataset(images.x_train, images.y_train, batch_size=recipe.batch_size, shuffle=True,
-                            seed=recipe.seed, augment=augment_config(augment))
-    val_ds = make_dataset(images.x_val, images.y_val, batch_size=batch)
-    trainable = int(sum(np.prod(w.shape) for w in tuned.trainable_weights))
-    rows, best, clock = fit_with_stopping(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs,
-                                          patience=recipe.patience, monitor=task.monitor, class_weight=weights,
-                                          verbose=verbose)
-    history += [{"stage": "fine_tune", **row} for row in rows]
-    second = _stage(tuned, val_ds, "fine_tune", rows, best, time.perf_counter() - start, 0.0,
-                    "off: the backbone trains", rate, ["hub"],
-                    "off" if augment_config(augment) is None else "on", clock, trainable)
-    if not _better(second, stages[0], task.monitor):
-        log.info("Stage 2 ended below stage 1 on the validation set; the frozen-backbone model is kept.")
-        from dataclasses import replace
-
-        stages.append(replace(second, kept=False))
-        return model, None, plan, stages, history
-    stages.append(second)
-    return model, tuned, plan, stages, history
-
-
-def _stage(model, val, name, rows, best, seconds, feature_seconds, cache, rate, groups, augment, clock,
-           trainable):
-    """The :class:`~transferkit.finetune.StageResult` of a Hub stage, evaluated on ``val`` (compiled model)."""
-    from transferkit.finetune import StageResult
-
-    result = model.evaluate(val, verbose=0, return_dict=True)
-    accuracy = result.get("accuracy", result.get("binary_accuracy"))
-    return StageResult(name=name, epochs=len(rows), best_epoch=best, seconds=round(seconds, 2),
-                       feature_seconds=round(feature_seconds, 2), feature_cache=cache,
-                       val_accuracy=None if accuracy is None else round(float(accuracy), 4),
-                       val_loss=round(float(result["loss"]), 4), trainable_params=trainable,
-                       learning_rate=rate, unfrozen_groups=groups, augment=augment, epoch_seconds=clock)
 
 
 def export_saved_model(model, folder: str | os.PathLike) -> Path:

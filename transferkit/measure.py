@@ -80,7 +80,7 @@ def folder_resolution(files: Sequence[str], sample: int = 200, seed: int = 0) ->
 
 
 def group_infos(transfer) -> list[GroupInfo]:
-    """The planner's view of a :class:`~transferkit.finetune.TransferModel`'s groups.
+    """The planner's view of a :class:`~transferkit.model.TransferModel`'s groups.
 
     Args:
         transfer: The model.
@@ -187,7 +187,7 @@ def measure_similarity(transfer, images: ImageSet, *, sample: int = DEFAULT_SAMP
     """Measure how similar the training images are to the backbone's ImageNet data.
 
     Args:
-        transfer: A :class:`~transferkit.finetune.TransferModel` with ImageNet weights.
+        transfer: A :class:`~transferkit.model.TransferModel` with ImageNet weights.
         images: The data; a stratified sample of its training split is used.
         sample: Images to measure.
         seed: Seed of the sample.

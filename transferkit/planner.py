@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 __all__ = [
@@ -431,116 +431,141 @@ def plan_freeze(
         raise ValueError(f"{backbone} has no layer groups to plan over.")
     names = [g.name for g in groups]
     small, size_reason = size_verdict(profile, groups[-1].params)
-    similar = similarity.similar
-    if similarity.declared:
-        sim_reason = f"similarity declared {'similar' if similar else 'different'} by you (not measured)."
-    elif similarity.shift is None:
-        sim_reason = (f"similarity {similarity.score:.2f} ({similarity.method}): "
-                      f"{'similar' if similar else 'different'}.")
-    else:
-        shallow = (f"; low-level shift {similarity.shift_shallow:.2f}"
-                   if similarity.shift_shallow is not None else "")
-        sim_reason = (f"similarity {similarity.score:.2f} (deep-layer activation shift "
-                      f"{similarity.shift:.2f} ImageNet std{shallow}, {similarity.sample} images): "
-                      f"{'similar' if similar else 'different'} "
-                      f"({'at least' if similar else 'under'} {SIMILAR_AT}).")
-    quadrant = f"{'small' if small else 'large'}+{'similar' if similar else 'different'}"
-    reasons = [size_reason, sim_reason]
-    if profile.imbalance >= IMBALANCED_AT:
-        reasons.append(f"Classes are imbalanced (largest/smallest {profile.imbalance:g}, smallest "
-                       f"{profile.per_class_min}): consider class_weight (--class-weight).")
-    if profile.resolution and image_size:
-        factor = image_size / min(profile.resolution)
-        if factor >= 2 or factor <= 0.25:
-            height, width = profile.resolution
-            reasons.append(
-                f"The images are a median {height}x{width} px, {'upsampled' if factor > 1 else 'downsampled'} "
-                f"x{factor if factor > 1 else 1 / factor:.1f} to {image_size} px: the "
-                f"{'blur' if factor > 1 else 'lost detail'} is part of the measured shift."
-            )
+    quadrant = f"{'small' if small else 'large'}+{'similar' if similarity.similar else 'different'}"
+    reasons = [size_reason, _similarity_reason(similarity)] + _data_notes(profile, image_size)
     stage2_rate = learning_rate / 10
-    affordable = _affordable(groups, profile.images)
-    dropped: list[str] = []
-    cut = None
-    head = dict(LINEAR_HEAD)
-    augment = "none"
-    use_gradual = gradual
-
-    if quadrant == "small+similar":
-        fine_tuned: list[str] = []
-        epochs, fine_tune_epochs = epochs + fine_tune_epochs, 0
-        augment = "light"
-        use_gradual = False
-        reasons.append(f"Small and similar: a linear head on the frozen {backbone}; the whole "
-                       f"epoch budget ({epochs}) goes to it, with light augmentation.")
-    elif quadrant == "small+different":
-        index, why = _best_cut(groups, similarity.probe)
-        cut = names[index]
-        dropped = names[index + 1:]
-        kept = groups[: index + 1]
-        fine_tuned = [kept[-1].name] if _affordable(kept, profile.images) >= 1 and fine_tune_epochs else []
-        augment = "strong"
-        use_gradual = False
-        reasons.append(
-            f"Small and different: {why}; "
-            + (f"the backbone is cut after {cut} and {len(dropped)} group(s) above it are dropped, "
-               if dropped else "the whole backbone is kept, ")
-            + "a linear head trains on those features with strong augmentation"
-            + (f", then {fine_tuned[0]} is fine-tuned at {stage2_rate:.1e}." if fine_tuned else ".")
-        )
-    elif quadrant == "large+similar":
-        share = max(1, math.ceil(SIMILAR_SHARE * len(groups)))
-        count = min(share, affordable)
-        fine_tuned = names[len(names) - count:]
-        reasons.append(
-            f"Large and similar: the lower groups' ImageNet features already fit, so the top "
-            f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned "
-            f"at {stage2_rate:.1e}, BatchNorm kept in inference mode"
-            + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)." if count < share else ".")
-        )
-    else:  # large+different
-        span, span_reason = discriminative_span(similarity)
-        count = min(len(groups) - 1, affordable)
-        fine_tuned = names[len(names) - count:]
-        reasons.append(
-            f"Large and different: the top groups' ImageNet-specific features need to move, so "
-            f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned, "
-            f"only the stem stays frozen"
-            + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)" if count < len(groups) - 1 else "")
-            + (f"; discriminative rates from {stage2_rate * span:.1e} ({fine_tuned[0]}) to "
-               f"{stage2_rate:.1e} ({fine_tuned[-1]}), a span of {span:.2f}: {span_reason}."
-               if span < 1 else
-               f"; every group at {stage2_rate:.1e} (a discriminative span of 1.00: {span_reason}).")
-        )
-    if quadrant == "large+different":
-        rates = discriminative_rates(fine_tuned, stage2_rate, span)
-    else:
-        rates = {g: stage2_rate for g in fine_tuned}
-    if not fine_tuned:
-        fine_tune_epochs = 0
-        use_gradual = False
+    decide = {"small+similar": _small_similar, "small+different": _small_different,
+              "large+similar": _large_similar, "large+different": _large_different}[quadrant]
+    decision = decide(groups, profile, similarity, stage2_rate=stage2_rate, epochs=epochs,
+                      fine_tune_epochs=fine_tune_epochs, backbone=backbone)
+    reasons.append(decision.reason)
+    fine_tuned = decision.fine_tuned
+    use_gradual = gradual and decision.allows_gradual and bool(fine_tuned)
     if use_gradual:
         reasons.append(f"Gradual unfreezing: stage 2 adds one group at a time, from {fine_tuned[-1]} down.")
-    kept_names = names[: len(names) - len(dropped)]
-    frozen = tuple(n for n in kept_names if n not in fine_tuned)
+    kept_names = names[: len(names) - len(decision.dropped)]
     return FreezePlan(
         quadrant=quadrant,
-        frozen=frozen,
+        frozen=tuple(n for n in kept_names if n not in fine_tuned),
         fine_tuned=tuple(fine_tuned),
-        dropped=tuple(dropped),
-        cut=cut,
-        head=head,
+        dropped=tuple(decision.dropped),
+        cut=decision.cut,
+        head=dict(LINEAR_HEAD),
         learning_rate=learning_rate,
-        group_learning_rates=rates,
-        span=span if quadrant == "large+different" else 1.0,
-        epochs=epochs,
-        fine_tune_epochs=fine_tune_epochs,
+        group_learning_rates=discriminative_rates(fine_tuned, stage2_rate, decision.span),
+        span=decision.span,
+        epochs=decision.epochs,
+        fine_tune_epochs=decision.fine_tune_epochs if fine_tuned else 0,
         gradual=use_gradual,
-        augment=augment,
+        augment=decision.augment,
         profile=profile,
         similarity=similarity,
         reasons=tuple(reasons),
     )
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What one quadrant decides (see :func:`plan_freeze`)."""
+
+    fine_tuned: list[str]
+    reason: str
+    epochs: int
+    fine_tune_epochs: int
+    augment: str = "none"
+    cut: str | None = None
+    dropped: tuple[str, ...] = ()
+    span: float = 1.0
+    allows_gradual: bool = True
+
+
+def _similarity_reason(similarity: Similarity) -> str:
+    """The sentence of the explanation that reports the similarity."""
+    similar = similarity.similar
+    if similarity.declared:
+        return f"similarity declared {'similar' if similar else 'different'} by you (not measured)."
+    if similarity.shift is None:
+        return (f"similarity {similarity.score:.2f} ({similarity.method}): "
+                f"{'similar' if similar else 'different'}.")
+    shallow = (f"; low-level shift {similarity.shift_shallow:.2f}"
+               if similarity.shift_shallow is not None else "")
+    return (f"similarity {similarity.score:.2f} (deep-layer activation shift "
+            f"{similarity.shift:.2f} ImageNet std{shallow}, {similarity.sample} images): "
+            f"{'similar' if similar else 'different'} "
+            f"({'at least' if similar else 'under'} {SIMILAR_AT}).")
+
+
+def _data_notes(profile: DataProfile, image_size: int | None) -> list[str]:
+    """Notes on class imbalance and resampling, when they apply."""
+    notes = []
+    if profile.imbalance >= IMBALANCED_AT:
+        notes.append(f"Classes are imbalanced (largest/smallest {profile.imbalance:g}, smallest "
+                     f"{profile.per_class_min}): consider class_weight (--class-weight).")
+    if profile.resolution and image_size:
+        factor = image_size / min(profile.resolution)
+        if factor >= 2 or factor <= 0.25:
+            height, width = profile.resolution
+            notes.append(
+                f"The images are a median {height}x{width} px, {'upsampled' if factor > 1 else 'downsampled'} "
+                f"x{factor if factor > 1 else 1 / factor:.1f} to {image_size} px: the "
+                f"{'blur' if factor > 1 else 'lost detail'} is part of the measured shift."
+            )
+    return notes
+
+
+def _small_similar(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs, backbone) -> _Decision:
+    """Small and similar: a linear head on the frozen backbone gets the whole budget."""
+    total = epochs + fine_tune_epochs
+    return _Decision([], f"Small and similar: a linear head on the frozen {backbone}; the whole "
+                     f"epoch budget ({total}) goes to it, with light augmentation.", total, 0, augment="light",
+                     allows_gradual=False)
+
+
+def _small_different(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs,
+                     backbone) -> _Decision:
+    """Small and different: cut where the probe is best, linear head, maybe the last kept group fine-tuned."""
+    names = [g.name for g in groups]
+    index, why = _best_cut(groups, similarity.probe)
+    cut, dropped, kept = names[index], tuple(names[index + 1:]), groups[: index + 1]
+    fine_tuned = [kept[-1].name] if _affordable(kept, profile.images) >= 1 and fine_tune_epochs else []
+    reason = (f"Small and different: {why}; "
+              + (f"the backbone is cut after {cut} and {len(dropped)} group(s) above it are dropped, "
+                 if dropped else "the whole backbone is kept, ")
+              + "a linear head trains on those features with strong augmentation"
+              + (f", then {fine_tuned[0]} is fine-tuned at {stage2_rate:.1e}." if fine_tuned else "."))
+    return _Decision(fine_tuned, reason, epochs, fine_tune_epochs, augment="strong", cut=cut, dropped=dropped,
+                     allows_gradual=False)
+
+
+def _large_similar(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs, backbone) -> _Decision:
+    """Large and similar: the top third of the groups fine-tuned."""
+    names = [g.name for g in groups]
+    share = max(1, math.ceil(SIMILAR_SHARE * len(groups)))
+    count = min(share, _affordable(groups, profile.images))
+    fine_tuned = names[len(names) - count:]
+    reason = (f"Large and similar: the lower groups' ImageNet features already fit, so the top "
+              f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned "
+              f"at {stage2_rate:.1e}, BatchNorm kept in inference mode"
+              + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)." if count < share else "."))
+    return _Decision(fine_tuned, reason, epochs, fine_tune_epochs)
+
+
+def _large_different(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs,
+                     backbone) -> _Decision:
+    """Large and different: every group but the stem, discriminative rates over the measured span."""
+    names = [g.name for g in groups]
+    span, span_reason = discriminative_span(similarity)
+    count = min(len(groups) - 1, _affordable(groups, profile.images))
+    fine_tuned = names[len(names) - count:]
+    reason = (f"Large and different: the top groups' ImageNet-specific features need to move, so "
+              f"{count} of {len(groups)} groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned, "
+              f"only the stem stays frozen"
+              + (f" (capped by {PARAMS_PER_IMAGE:,} parameters per image)" if count < len(groups) - 1 else "")
+              + (f"; discriminative rates from {stage2_rate * span:.1e} ({fine_tuned[0]}) to "
+                 f"{stage2_rate:.1e} ({fine_tuned[-1]}), a span of {span:.2f}: {span_reason}."
+                 if span < 1 else
+                 f"; every group at {stage2_rate:.1e} (a discriminative span of 1.00: {span_reason})."))
+    return _Decision(fine_tuned, reason, epochs, fine_tune_epochs, span=span)
 
 
 def plan_opaque(
@@ -648,8 +673,6 @@ def override_plan(
         ValueError: For an unknown group name or an ``unfreeze`` larger than
             the kept groups.
     """
-    from dataclasses import replace
-
     names = list(groups)
     overrides = dict(plan.overrides)
     changes: dict[str, Any] = {}
@@ -676,10 +699,7 @@ def override_plan(
     if fine_tune_learning_rate is not None:
         record("fine_tune_learning_rate", top_rate, fine_tune_learning_rate)
         top_rate = fine_tune_learning_rate
-    if plan.span != 1.0:
-        rates = discriminative_rates(fine_tuned, top_rate, plan.span)
-    else:
-        rates = {g: top_rate for g in fine_tuned}
+    rates = discriminative_rates(fine_tuned, top_rate, plan.span)  # span 1: every group at top_rate
     changes.update(fine_tuned=tuple(fine_tuned), group_learning_rates=rates,
                    frozen=tuple(g for g in kept if g not in fine_tuned))
     if fine_tuned and not plan.fine_tune_epochs and unfreeze:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from transferkit.errors import DataError, ModelDirError
+from transferkit.data import decode_image
+from transferkit.errors import DataError
+from transferkit.runs import load_run
 
 __all__ = ["Prediction", "load_run", "predict"]
 
@@ -28,41 +28,6 @@ class Prediction:
     top: tuple[tuple[str, float], ...]
 
 
-def load_run(model_dir: str | os.PathLike):
-    """Load ``model.keras`` and ``metrics.json`` from a run folder.
-
-    A run on a ``hub:`` backbone loads from its ``saved_model/`` folder as a
-    Keras 3 inference model around ``keras.layers.TFSMLayer``.
-
-    Args:
-        model_dir: Output folder of ``transferkit finetune``.
-
-    Returns:
-        ``(model, metrics)``.
-
-    Raises:
-        ModelDirError: When the folder or one of the two files is missing.
-    """
-    import keras
-
-    folder = Path(model_dir)
-    missing = [name for name in ("model.keras", "metrics.json") if not (folder / name).is_file()]
-    if missing:
-        raise ModelDirError(
-            f"{str(folder)!r} is not a transferkit run folder: {', '.join(missing)} missing. "
-            "Pass the --output folder of a finished `transferkit finetune` run."
-        )
-    metrics = json.loads((folder / "metrics.json").read_text())
-    from transferkit.hub import is_hub, load_saved_model
-
-    if is_hub(metrics.get("backbone")) and (folder / "saved_model").is_dir():
-
-        # The run's own SavedModel (self-contained, found wherever the folder moved).
-        return load_saved_model(folder / "saved_model", int(metrics["image_size"])), metrics
-    model = keras.models.load_model(folder / "model.keras", compile=False)  # no optimizer state needed
-    return model, metrics
-
-
 def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], top: int = 3) -> list[Prediction]:
     """Top classes for each image.
 
@@ -75,11 +40,9 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
         One :class:`Prediction` per image, in order.
 
     Raises:
-        ModelDirError: For a folder that is not a run folder.
+        ModelDirError: For a folder that is not a run folder (from :func:`~transferkit.runs.load_run`).
         DataError: For an image that cannot be read, naming it.
     """
-    from transferkit.data import decode_image
-
     model, metrics = load_run(model_dir)
     size = int(metrics["image_size"])
     names = metrics["class_names"]

@@ -24,6 +24,7 @@ TensorFlow is imported inside the functions that train and measure.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import gzip
 import logging
@@ -31,13 +32,19 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from transferkit.errors import MissingDependencyError, RecipeError
+from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_SPARSITY, SCHEDULES, STRUCTURES,
+                                PruneConfig)
+from transferkit.data import augment_config, load_image_folder, make_dataset
+from transferkit.errors import DataError, RecipeError
+from transferkit.model import compile_model, make_optimizer, set_seed
+from transferkit.runs import RunRecord, load_transfer, save_run, versions
+from transferkit.training import fit_stage
 
 __all__ = [
     "PruneConfig",
@@ -49,125 +56,15 @@ __all__ = [
     "sparsity_report",
     "model_sizes",
     "prune_transfer",
+    "wrap_for_pruning",
     "prune",
     "SCHEDULES",
     "STRUCTURES",
+    "ALLOCATIONS",
+    "BATCH_NORM",
 ]
 
 log = logging.getLogger("transferkit")
-
-#: Sparsity schedules: Zhu & Gupta's cubic ramp, or the target from step 0.
-SCHEDULES = ("polynomial", "constant")
-#: ``unstructured`` zeroes any weights; ``2:4`` zeroes 2 of every 4
-#: consecutive weights of each output channel (50 %, what sparse tensor
-#: cores accelerate).
-STRUCTURES = ("unstructured", "2:4")
-#: BatchNorm while pruning: ``recalibrate`` normalises with batch statistics
-#: while the sparsity rises, then recomputes the moving statistics over the
-#: training set; ``frozen`` keeps the fine-tuned statistics (inference mode).
-BATCH_NORM = ("recalibrate", "frozen")
-#: How the target splits over layers: the same sparsity in every pruned
-#: kernel, or Erdős–Rényi-kernel densities (Evci et al. 2020, "Rigging the
-#: Lottery"): a kernel's density scales with the sum of its dimensions over
-#: their product, so big late layers (where the parameters are) are pruned
-#: harder and small early layers less; the global sparsity stays the target.
-ALLOCATIONS = ("uniform", "erdos_renyi")
-#: Most any one kernel is pruned under ``erdos_renyi``.
-MAX_LAYER_SPARSITY = 0.98
-#: Layer classes pruned by default (exact class names, so subclasses such as
-#: DepthwiseConv2D are not).
-AUTO_KINDS = ("Conv2D", "Dense")
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """How to prune a fine-tuned model.
-
-    Attributes:
-        target_sparsity: Share of the pruned kernels' weights, all together,
-            that are zero at the end; ``allocation`` splits it over layers
-            (ignored for ``structure="2:4"``, which is 0.5 in every kernel).
-        initial_sparsity: Sparsity at the first pruning step.
-        epochs: Fine-tuning epochs while pruning.
-        ramp: Share of the epochs over which sparsity rises from initial to
-            target; the remaining epochs recover at the target.
-        schedule: ``"polynomial"`` (cubic, Zhu & Gupta) or ``"constant"``.
-        structure: ``"unstructured"`` or ``"2:4"``.
-        layers: ``"auto"`` (see the module docstring) or layer names /
-            shell patterns (``"block_1[3-6]_*"``).
-        learning_rate: Peak Adam learning rate (cosine-decayed).
-        frequency: Steps between mask updates; ``None`` is a quarter epoch.
-        batch_size: Batch size; ``None`` keeps the run's.
-        augment: Augmentation while pruning (``none``/``light``/``strong``).
-        quantize: Write the ``.tflite`` with dynamic-range (int8 weight)
-            quantisation.
-        summaries: Folder for TF-MOT's TensorBoard ``PruningSummaries``.
-        batch_norm: ``"recalibrate"`` or ``"frozen"`` (see :data:`BATCH_NORM`).
-        allocation: ``"uniform"`` or ``"erdos_renyi"`` (see
-            :data:`ALLOCATIONS`); either way the pruned kernels together
-            reach ``target_sparsity``.
-    """
-
-    target_sparsity: float = 0.8
-    initial_sparsity: float = 0.0
-    epochs: int = 15
-    ramp: float = 0.6
-    schedule: str = "polynomial"
-    structure: str = "unstructured"
-    layers: str | tuple[str, ...] = "auto"
-    learning_rate: float = 3e-3
-    frequency: int | None = None
-    batch_size: int | None = None
-    augment: str | None = None
-    quantize: bool = False
-    summaries: str | None = None
-    batch_norm: str = "recalibrate"
-    allocation: str = "erdos_renyi"
-
-    def __post_init__(self):
-        for name in ("target_sparsity", "initial_sparsity"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise RecipeError(f"prune.{name} must be a number in [0, 1), got {value!r} "
-                                  "(0.8 zeroes 80 % of each pruned kernel).")
-        if self.initial_sparsity > self.target_sparsity:
-            raise RecipeError(f"prune.initial_sparsity ({self.initial_sparsity}) must not exceed "
-                              f"prune.target_sparsity ({self.target_sparsity}).")
-        for name, low in (("epochs", 1), ("frequency", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise RecipeError(f"prune.{name} must be an integer >= {low}, got {value!r}.")
-        if not isinstance(self.ramp, (int, float)) or not 0 < self.ramp <= 1:
-            raise RecipeError(f"prune.ramp must be in (0, 1], got {self.ramp!r}.")
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or self.learning_rate <= 0:
-            raise RecipeError(f"prune.learning_rate must be a positive number, got {self.learning_rate!r}.")
-        if self.schedule not in SCHEDULES:
-            raise RecipeError(f"prune.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
-        if self.batch_norm not in BATCH_NORM:
-            raise RecipeError(f"prune.batch_norm must be one of {BATCH_NORM}, got {self.batch_norm!r}.")
-        if self.allocation not in ALLOCATIONS:
-            raise RecipeError(f"prune.allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
-        if self.structure not in STRUCTURES:
-            raise RecipeError(f"prune.structure must be one of {STRUCTURES}, got {self.structure!r}.")
-        if isinstance(self.layers, (list, tuple)):
-            object.__setattr__(self, "layers", tuple(str(p) for p in self.layers))
-            if not self.layers:
-                raise RecipeError("prune.layers is empty: give 'auto' or at least one layer name or pattern.")
-        elif self.layers != "auto":
-            raise RecipeError(f"prune.layers must be 'auto' or a list of layer names/patterns, got {self.layers!r}.")
-
-    @property
-    def sparsity(self) -> float:
-        """The sparsity each pruned kernel ends at."""
-        return 0.5 if self.structure == "2:4" else float(self.target_sparsity)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-ready form."""
-        out = asdict(self)
-        out["layers"] = self.layers if isinstance(self.layers, str) else list(self.layers)
-        return out
-
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -373,25 +270,56 @@ class PruneResult:
 
 
 def _tfmot():
-    try:
-        import tensorflow_model_optimization as tfmot
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise MissingDependencyError(
-            "Pruning needs TF-MOT: pip install 'tensorflow-model-optimization~=0.8'."
-        ) from None
+    import tensorflow_model_optimization as tfmot  # a hard requirement (pyproject)
+
     return tfmot
 
 
 def _evaluate(transfer, dataset) -> dict[str, float]:
-    transfer.model.compile(loss=transfer.task.loss, metrics=list(transfer.task.metrics))
+    compile_model(transfer.model, transfer.task)
     result = transfer.model.evaluate(dataset, verbose=0, return_dict=True)
     accuracy = result.get("accuracy", result.get("binary_accuracy"))
     return {"loss": round(float(result["loss"]), 4),
             "accuracy": None if accuracy is None else round(float(accuracy), 4)}
 
 
+def wrap_for_pruning(twin: Any, targets: dict[str, float], config: PruneConfig, *, end_step: int,
+                     frequency: int) -> Any:
+    """The ``tf_keras`` twin with each layer of ``targets`` wrapped in TF-MOT's ``prune_low_magnitude``.
+
+    Args:
+        twin: The ``tf_keras`` twin (:func:`~transferkit.compat.to_tf_keras`).
+        targets: Final sparsity per layer name (:func:`allocate_sparsity`).
+        config: Schedule and structure.
+        end_step: Step at which the polynomial ramp reaches the target.
+        frequency: Steps between mask updates.
+
+    Returns:
+        The wrapped clone (the wrapped layers trainable).
+    """
+    from transferkit.compat import clone_model
+
+    sparsity = _tfmot().sparsity.keras
+
+    def schedule_for(target: float):
+        if config.schedule == "constant" or config.structure == "2:4":
+            return sparsity.ConstantSparsity(target, begin_step=0, frequency=frequency)
+        return sparsity.PolynomialDecay(min(config.initial_sparsity, target), target, begin_step=0,
+                                        end_step=end_step, power=3, frequency=frequency)
+
+    def wrap(layer):
+        name = layer.name.replace("/", "_")
+        if name not in targets or targets[name] <= 0:
+            return layer
+        layer.trainable = True
+        return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule_for(targets[name]),
+                                            sparsity_m_by_n=(2, 4) if config.structure == "2:4" else None)
+
+    return clone_model(twin, wrap)
+
+
 def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, batch_size: int = 32,
-                   seed: int = 0, verbose: int | None = None) -> PruneResult:
+                   seed: int = 0, verbose: int | None = None, callbacks: Sequence[Any] = ()) -> PruneResult:
     """Prune a fine-tuned model through its tf_keras twin, in place.
 
     Pruned layers train; the other layers keep their ``trainable`` flags;
@@ -402,13 +330,14 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     the best epoch), because only they have the target sparsity.
 
     Args:
-        transfer: A :class:`~transferkit.finetune.TransferModel`; its Keras 3
+        transfer: A :class:`~transferkit.model.TransferModel`; its Keras 3
             model receives the pruned weights.
         images: The :class:`~transferkit.data.ImageSet` (train and val).
         config: The pruning settings.
         batch_size: Batch size when ``config.batch_size`` is ``None``.
         seed: Shuffle seed.
         verbose: Keras verbosity.
+        callbacks: Extra Keras callbacks for the pruning stage.
 
     Returns:
         The :class:`PruneResult`.
@@ -417,14 +346,14 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
         RecipeError: For a layer selection that does not fit the model.
         TwinError: For a model transferkit did not build.
     """
-    from transferkit.compat import _tf_keras, copy_weights_back, max_output_difference, to_tf_keras
-    from transferkit.data import augment_config, make_dataset
+    import keras
+
+    from transferkit.compat import batch_norm_layers, copy_weights_back, max_output_difference, to_tf_keras
 
     started = time.perf_counter()
     infos = layer_infos(transfer.model)
     names = choose_layers(infos, config.layers, config.structure)
-    tfmot, tfk = _tfmot(), _tf_keras()
-    tfk.utils.set_random_seed(seed)
+    set_seed(seed)
     batch = config.batch_size or batch_size
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, batch))
     before = _evaluate(transfer, val_ds)
@@ -435,71 +364,63 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     total = config.epochs * steps
     end = max(1, round(config.ramp * total))
     frequency = config.frequency or max(1, steps // 4)
-    sparsity = tfmot.sparsity.keras
-    chosen = set(names)
-    targets = allocate_sparsity([info for info in infos if info.name in chosen], config.sparsity,
+    sparsity = _tfmot().sparsity.keras
+    targets = allocate_sparsity([info for info in infos if info.name in set(names)], config.sparsity,
                                 "uniform" if config.structure == "2:4" else config.allocation)
 
-    def schedule_for(target: float):
-        if config.schedule == "constant" or config.structure == "2:4":
-            return sparsity.ConstantSparsity(target, begin_step=0, frequency=frequency)
-        return sparsity.PolynomialDecay(min(config.initial_sparsity, target), target, begin_step=0,
-                                        end_step=end, power=3, frequency=frequency)
-
-    def wrap(layer):
-        name = layer.name.replace("/", "_")
-        if name not in targets or targets[name] <= 0:
-            return layer
-        layer.trainable = True
-        return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule_for(targets[name]),
-                                            sparsity_m_by_n=(2, 4) if config.structure == "2:4" else None)
-
-    norms = [layer for layer in twin.layers if isinstance(layer, tfk.layers.BatchNormalization)]
-    for layer in norms:
+    for layer in batch_norm_layers(twin):
         layer.trainable = config.batch_norm == "recalibrate"
-    pruned = tfk.models.clone_model(twin, clone_function=wrap)
-    lr = tfk.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, total))
-    pruned.compile(optimizer=tfk.optimizers.Adam(lr), loss=transfer.task.loss,
-                   metrics=list(transfer.task.metrics))
-    callbacks = [sparsity.UpdatePruningStep()]
+    pruned = wrap_for_pruning(twin, targets, config, end_step=end, frequency=frequency)
+    compile_model(pruned, transfer.task, optimizer=make_optimizer(pruned, config.learning_rate))
+    tfmot_callbacks = [sparsity.UpdatePruningStep()]
     if config.summaries:
-        callbacks.append(sparsity.PruningSummaries(log_dir=config.summaries))
+        tfmot_callbacks.append(sparsity.PruningSummaries(log_dir=config.summaries))
     train_ds = make_dataset(images.x_train, images.y_train, batch_size=batch, shuffle=True, seed=seed,
                             augment=augment_config(config.augment))
     log.info("Pruning %d layers to %.0f %% sparsity over %d epochs (%s schedule, %s)", len(names),
              100 * config.sparsity, config.epochs, config.schedule, config.structure)
-    fit = pruned.fit(train_ds, validation_data=None if config.batch_norm == "recalibrate" else val_ds,
-                     epochs=config.epochs, callbacks=callbacks, verbose=2 if verbose is None else verbose)
+    fit = fit_stage(pruned, train_ds, None if config.batch_norm == "recalibrate" else val_ds, epochs=config.epochs,
+                    callbacks=tfmot_callbacks + list(callbacks),
+                    schedule=keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, total)),
+                    verbose=2 if verbose is None else verbose)
     stripped = sparsity.strip_pruning(pruned)
     if config.batch_norm == "recalibrate":
         recalibrate_batch_norm(stripped, images.x_train, batch)
-        for layer in norms:
+        for layer in batch_norm_layers(twin):
             layer.trainable = False
     copy_weights_back(stripped, transfer)
     after = _evaluate(transfer, val_ds)
     sizes_after, tflite = model_sizes(transfer.model, quantize=config.quantize)
     report = sparsity_report(transfer.model, names)
-    history = [{"stage": "prune", "epoch": epoch + 1, **{k: float(v[epoch]) for k, v in fit.history.items()}}
-               for epoch in range(len(fit.history.get("loss", [])))]
-    metrics = {
+    history = [{"stage": "prune", **row} for row in fit.rows]
+    metrics = _report(report, before, after, {"before": sizes_before, "after": sizes_after}, targets, config,
+                      {"per_epoch": steps, "ramp_end": end, "frequency": frequency})
+    metrics["twin_max_difference"] = max_output_difference(transfer, stripped, images.x_val[:16])
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    return PruneResult(transfer.model, metrics, history, tflite)
+
+
+def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict, config: PruneConfig,
+            steps: dict) -> dict[str, Any]:
+    """The pruning report's fields (``metrics.json``), in their usual order."""
+    return {
         "sparsity": report["global"],
         "val_accuracy_before": before["accuracy"],
         "val_accuracy_after": after["accuracy"],
         "val_loss_before": before["loss"],
         "val_loss_after": after["loss"],
-        "size_bytes": {"before": sizes_before, "after": sizes_after},
-        "gzip_ratio": round(sizes_before["keras_gzip"] / sizes_after["keras_gzip"], 2),
+        "size_bytes": sizes,
+        "gzip_ratio": round(sizes["before"]["keras_gzip"] / sizes["after"]["keras_gzip"], 2),
         "layer_sparsity": report["layers"],
         "layer_targets": targets,
         "pruned_weights": report["pruned_weights"],
         "model_weights": report["model_weights"],
         "model_sparsity": report["model"],
-        "twin_max_difference": max_output_difference(transfer, stripped, images.x_val[:16]),
+        "twin_max_difference": None,
         "config": config.to_dict(),
-        "steps": {"per_epoch": steps, "ramp_end": end, "frequency": frequency},
-        "seconds": round(time.perf_counter() - started, 2),
+        "steps": steps,
+        "seconds": None,
     }
-    return PruneResult(transfer.model, metrics, history, tflite)
 
 
 def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int) -> int:
@@ -566,12 +487,6 @@ def prune(
         DataError: For missing or unreadable data.
         RecipeError: For bad settings.
     """
-    import dataclasses
-
-    from transferkit.data import load_image_folder
-    from transferkit.errors import DataError
-    from transferkit.finetune import FineTuneResult, load_transfer, save_run
-
     config = dataclasses.replace(config or PruneConfig(), **{k: v for k, v in overrides.items() if v is not None})
     transfer, run_metrics, recipe = load_transfer(run_dir)
     folder = data if data is not None else recipe.data
@@ -582,12 +497,14 @@ def prune(
                                val_split=recipe.val_split, seed=recipe.seed)
     result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
                             verbose=verbose)
-    result.metrics = {**{k: run_metrics.get(k) for k in ("backbone", "variant", "image_size", "task",
-                                                          "num_classes", "class_names", "layer_groups")},
-                      "val_accuracy": result.metrics["val_accuracy_after"], **result.metrics,
-                      "source_run": str(Path(run_dir).resolve())}
+    record = RunRecord.from_dict(run_metrics)
+    record.val_accuracy, record.val_loss = result.metrics["val_accuracy_after"], result.metrics["val_loss_after"]
+    record.pruning, record.source_run = result.metrics, str(Path(run_dir).resolve())
+    record.seconds_total, record.versions = result.metrics["seconds"], versions()
+    result.metrics = record.to_dict()
     if output is not None:
-        transfer.model.compile(optimizer="adam", loss=transfer.task.loss, metrics=list(transfer.task.metrics))
+        compile_model(transfer.model, transfer.task)
         recipe = recipe.replace(data=str(folder), prune=config, output=str(output))
-        save_run(FineTuneResult(result.model, result.metrics, result.history, recipe, tflite=result.tflite), output)
+        save_run(output, model=result.model, record=record, history=result.history, recipe=recipe,
+                 tflite=result.tflite)
     return result

@@ -31,11 +31,32 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "PREPROCESSING_MODES",
+    "HUB_PREFIX",
+    "HUB_RANGES",
+    "is_hub",
 ]
 
 #: How each preprocessing mode maps raw RGB pixels in [0, 255] to network input.
 #: ``builtin`` models (EfficientNet, ConvNeXt, MobileNetV3) rescale internally.
 PREPROCESSING_MODES = ("tf", "torch", "caffe", "builtin")
+
+#: Prefix of a TF-Hub backbone name: ``hub:<url | folder | registry name>``.
+HUB_PREFIX = "hub:"
+#: Pixel ranges a Hub backbone may declare, by name.
+HUB_RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0), "0,255": (0.0, 255.0)}
+
+
+def is_hub(backbone: Any) -> bool:
+    """Whether a backbone name is a TF-Hub backbone (``hub:...``).
+
+    Args:
+        backbone: A backbone name (or anything else, which is not one).
+
+    Returns:
+        True for a string starting with :data:`HUB_PREFIX`.
+    """
+    return isinstance(backbone, str) and backbone.startswith(HUB_PREFIX)
+
 
 _KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 

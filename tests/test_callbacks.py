@@ -1,0 +1,84 @@
+"""transferkit's Keras callbacks: the schedule applied per batch, handing over to a callback that sets the rate."""
+
+import numpy as np
+
+
+def _fit(callbacks, epochs=3, legacy=False):
+    import keras
+
+    from transferkit.training import fit_stage
+
+    k = keras
+    if legacy:
+        import tf_keras as k
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = k.Sequential([k.Input((4,)), k.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=k.optimizers.Adam(1.0), loss="sparse_categorical_crossentropy")
+    import tensorflow as tf
+
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)  # 4 steps per epoch
+    return model, fit_stage(model, train, None, epochs=epochs, callbacks=callbacks,
+                            schedule=keras.optimizers.schedules.CosineDecay(1e-2, 12))
+
+
+class Recorder:
+    """Collects the learning rate at every batch end (made a Keras callback in the tests)."""
+
+    @staticmethod
+    def make():
+        import keras
+
+        from transferkit.callbacks import current_learning_rate
+
+        class _Recorder(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.rates, self.fits = [], 0
+
+            def on_train_begin(self, logs=None):
+                self.fits += 1
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.rates.append(current_learning_rate(self.model.optimizer))
+
+        return _Recorder()
+
+
+def test_the_schedule_sets_the_rate_of_every_step_and_history_has_an_lr_column():
+    import keras
+
+    recorder = Recorder.make()
+    _, fit = _fit([recorder])
+    expected = [float(np.float32(keras.optimizers.schedules.CosineDecay(1e-2, 12)(s))) for s in range(12)]
+    np.testing.assert_allclose(recorder.rates, expected, rtol=1e-6)
+    assert [round(row["lr"], 8) for row in fit.rows] == [round(r, 8) for r in expected[3::4]]
+    assert len(fit.rows) == 3 and all(row["seconds"] > 0 for row in fit.rows)
+
+
+def test_a_callback_that_sets_the_rate_takes_over_from_the_schedule_from_the_first_epoch():
+    import keras
+
+    recorder = Recorder.make()
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.005 * (epoch + 1))
+    _fit([scheduler, recorder])
+    np.testing.assert_allclose(recorder.rates, np.repeat([0.005, 0.010, 0.015], 4), rtol=1e-6)
+
+
+def test_keras3_callbacks_run_in_a_tf_keras_fit_through_the_bridge():
+    import keras
+
+    recorder = Recorder.make()
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.002 * (epoch + 1))
+    model, fit = _fit([scheduler, recorder], legacy=True)
+    assert type(model).__module__.startswith("tf_keras") and recorder.fits == 1
+    np.testing.assert_allclose(recorder.rates, np.repeat([0.002, 0.004, 0.006], 4), rtol=1e-6)
+    assert [round(row["lr"], 6) for row in fit.rows] == [0.002, 0.004, 0.006]
+
+
+def test_the_stage_timer_records_one_duration_per_epoch():
+    from transferkit.callbacks import StageTimer
+
+    timer = StageTimer()
+    _fit([timer], epochs=2)
+    assert len(timer.seconds) == 2 and all(s > 0 for s in timer.seconds)

@@ -1,0 +1,157 @@
+"""The frozen-feature cache: run the frozen part of a model once per image.
+
+Whenever a stage trains only the layers above a frozen cut, the frozen lower
+part of the model runs once over the training and validation images and the
+upper part trains on its outputs. The two parts share the model's layers
+(:func:`transferkit.graph.split_model`), so the result is the same model
+with the same weights as live training, computed faster. Caches larger than
+``$TRANSFERKIT_MAX_CACHED_GB`` (default 4) go to memory-mapped files in
+``$TRANSFERKIT_CACHE_DIR`` (default: the system's temp folder), unlinked as
+soon as they are mapped, so nothing is left behind if the process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import RecipeError
+
+__all__ = ["CACHE_BUDGET_ENV", "CACHE_DIR_ENV", "cache_budget", "predict_batches", "predict_to_disk",
+           "cache_features", "cache_state"]
+
+log = logging.getLogger("transferkit")
+
+#: Environment variable: GiB of cached frozen features kept in memory (default 4).
+CACHE_BUDGET_ENV = "TRANSFERKIT_MAX_CACHED_GB"
+#: Environment variable: folder of memory-mapped caches (default: the system's temp).
+CACHE_DIR_ENV = "TRANSFERKIT_CACHE_DIR"
+
+
+def cache_budget() -> float:
+    """Bytes of cached features kept in memory, from ``$TRANSFERKIT_MAX_CACHED_GB``.
+
+    Returns:
+        The budget in bytes.
+
+    Raises:
+        RecipeError: When the variable is not a non-negative number.
+    """
+    raw = os.environ.get(CACHE_BUDGET_ENV, "4")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise RecipeError(f"{CACHE_BUDGET_ENV} must be a number of GiB (>= 0), got {raw!r}. "
+                          f"Unset it for the default of 4, or set e.g. {CACHE_BUDGET_ENV}=8.")
+    return value * 2**30
+
+
+def predict_batches(model: Any, x: Any, batch_size: int) -> Any:
+    """``model``'s outputs on ``x`` (uint8 or float images, or features), batch by batch.
+
+    Args:
+        model: A Keras model.
+        x: An array (or tuple of arrays for a multi-input model).
+        batch_size: Batch size.
+
+    Returns:
+        The outputs (a list for several outputs).
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    dataset = dataset.map(lambda t: tf.cast(t, tf.float32)).prefetch(tf.data.AUTOTUNE)
+    return model.predict(dataset, verbose=0)
+
+
+def predict_to_disk(model: Any, x: Any, batch_size: int) -> Any:
+    """``model``'s outputs on ``x``, written chunk by chunk into memory-mapped ``.npy`` files.
+
+    The files are unlinked as soon as they are mapped: the data lives until the
+    arrays are garbage-collected.
+
+    Args:
+        model: A Keras model.
+        x: The images.
+        batch_size: Batch size.
+
+    Returns:
+        Read-only memory-mapped arrays (a list for several outputs).
+    """
+    folder = tempfile.mkdtemp(prefix="transferkit-features-", dir=os.environ.get(CACHE_DIR_ENV))
+    arrays = [np.lib.format.open_memmap(os.path.join(folder, f"{k}.npy"), mode="w+", dtype=np.float32,
+                                        shape=(len(x), *[int(d) for d in t.shape[1:]]))
+              for k, t in enumerate(model.outputs)]
+    chunk = max(batch_size, 1024)
+    for start in range(0, len(x), chunk):
+        result = predict_batches(model, x[start:start + chunk], batch_size)
+        for array, part in zip(arrays, result if isinstance(result, list) else [result]):
+            array[start:start + len(part)] = np.asarray(part, dtype=np.float32)
+    mapped = []
+    for k, array in enumerate(arrays):
+        array.flush()
+        path = os.path.join(folder, f"{k}.npy")
+        mapped.append(np.load(path, mmap_mode="r"))
+        try:
+            os.unlink(path)
+        except OSError:  # pragma: no cover - Windows keeps mapped files; the temp dir stays
+            pass
+    try:
+        os.rmdir(folder)
+    except OSError:  # pragma: no cover
+        pass
+    return mapped if len(mapped) > 1 else mapped[0]
+
+
+def cache_state(*, augment: bool, enabled: bool, cut: str | None) -> str:
+    """``"on"``, or why the cache is off for a stage.
+
+    Args:
+        augment: Whether the stage augments its images (they change every epoch).
+        enabled: The recipe's ``feature_cache``.
+        cut: The layer under which nothing trains, ``None`` when everything does.
+
+    Returns:
+        The state as recorded in ``metrics.json``.
+    """
+    if augment:
+        return "off: augmentation needs live images"
+    if not enabled:
+        return "off: disabled"
+    if cut is None:
+        return "off: nothing frozen"
+    return "on"
+
+
+def cache_features(lower: Any, x_train: Any, x_val: Any, batch_size: int) -> tuple[Any, Any, str, float]:
+    """The frozen part's outputs on the training and validation images.
+
+    Args:
+        lower: The frozen lower model (from :func:`~transferkit.graph.split_model`).
+        x_train: Training images.
+        x_val: Validation images.
+        batch_size: Batch size of the pass.
+
+    Returns:
+        ``(train features, validation features, state, seconds)``; several
+        outputs come as tuples; ``state`` says whether they went to disk.
+    """
+    started = time.perf_counter()
+    per_image = sum(int(np.prod(t.shape[1:])) * 4 for t in lower.outputs)
+    needed = per_image * (len(x_train) + len(x_val))
+    state = "on"
+    if needed > cache_budget():
+        f_train, f_val = predict_to_disk(lower, x_train, batch_size), predict_to_disk(lower, x_val, batch_size)
+        state = f"on (disk: {needed / 2**30:.2f} GiB over the {CACHE_BUDGET_ENV} budget)"
+    else:
+        f_train, f_val = predict_batches(lower, x_train, batch_size), predict_batches(lower, x_val, batch_size)
+    if isinstance(f_train, list):
+        f_train, f_val = tuple(f_train), tuple(f_val)
+    return f_train, f_val, state, time.perf_counter() - started

@@ -1,0 +1,106 @@
+"""What several commands share: the data, backbone and planner flags, the recipe they describe, tables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
+from transferkit.errors import RecipeError
+from transferkit.registry import is_hub
+
+__all__ = ["add_data_options", "recipe_from_args", "print_table"]
+
+
+def add_data_options(command: argparse.ArgumentParser) -> None:
+    """Options shared by ``finetune`` and ``plan``: data, backbone and planner settings."""
+    command.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class")
+    command.add_argument("--demo", action="store_true",
+                         help="built-in default: MobileNetV2 alpha 0.35, 96 px, sign-language digits")
+    command.add_argument("--recipe", help="YAML recipe; its keys are these flags' names (flags win)")
+    command.add_argument("--backbone", help="registry name (see `transferkit backbones`), or hub:<url|folder|name> "
+                         "for a TF-Hub SavedModel (see `transferkit backbones --hub`)")
+    command.add_argument("--hub-range", choices=["0,1", "-1,1", "0,255"],
+                         help="pixel range a hub: backbone expects (default: registry's, else the Hub convention 0,1)")
+    command.add_argument("--alpha", type=float, help="width multiplier of MobileNet backbones")
+    command.add_argument("--weights", help="'imagenet' (default: search assets, Keras cache, download) or an .h5 path")
+    command.add_argument("--image-size", type=int, help="square input side in pixels")
+    validation = command.add_mutually_exclusive_group()
+    validation.add_argument("--val-dir", help="validation folder with the same class sub-folders")
+    validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
+    command.add_argument("--seed", type=int, help="seed of split, sample, shuffling and initialisation")
+    command.add_argument("--offline", action="store_true", help="never download weights or data")
+    command.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
+    command.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (0 skips stage 2)")
+    command.add_argument("--learning-rate", type=float, help="stage 1 learning rate (stage 2 starts at a tenth)")
+    plan = command.add_argument_group("freeze plan (each flag overrides the planner, and is recorded)")
+    plan.add_argument("--plan", choices=["auto", "none"],
+                      help="auto (default): measure the data and plan; none: the flags as given")
+    plan.add_argument("--similarity", choices=["similar", "different"],
+                      help="declare similarity to ImageNet instead of using the measured one")
+    plan.add_argument("--unfreeze", type=int, help="layer groups fine-tuned in stage 2, from the top")
+    plan.add_argument("--cut", help="last backbone group kept; the groups above it are dropped")
+    plan.add_argument("--fine-tune-learning-rate", type=float, help="stage 2 peak learning rate (top group)")
+    plan.add_argument("--augment", choices=["none", "light", "strong"], help="training augmentation")
+    plan.add_argument("--gradual", action="store_true", help="unfreeze one group at a time in stage 2")
+
+
+def recipe_from_args(args: argparse.Namespace):
+    """The recipe the flags describe, and the data folder.
+
+    Args:
+        args: Parsed flags of a command with :func:`add_data_options`.
+
+    Returns:
+        ``(recipe, data folder or None)``.
+
+    Raises:
+        RecipeError: For conflicting flags or a bad recipe.
+    """
+    if args.demo and args.data:
+        raise RecipeError("Give either DATA_DIR or --demo, not both.")
+    if args.demo and args.recipe:
+        raise RecipeError("Give either --recipe or --demo, not both.")
+    recipe = load_recipe(args.recipe) if args.recipe else DEMO_RECIPE if args.demo else Recipe()
+    variant = dict(recipe.variant)
+    if args.alpha is not None:
+        variant["alpha"] = args.alpha
+    optional = {name: getattr(args, name, None) for name in (
+        "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output")}
+    recipe = recipe.replace(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+        val_dir=args.val_dir, val_split=args.val_split, unfreeze=args.unfreeze,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, seed=args.seed, variant=variant,
+        plan=args.plan, similarity=args.similarity, cut=args.cut, augment=args.augment,
+        gradual=True if args.gradual else None,
+        feature_cache=False if getattr(args, "no_feature_cache", False) else None,
+        class_weight=True if getattr(args, "class_weight", False) else None,
+        allow_download=False if args.offline else None,
+        mixed_precision=getattr(args, "mixed_precision", None),
+        jit_compile=True if getattr(args, "jit_compile", False) else None,
+        **optional,
+    )
+    if is_hub(recipe.backbone):
+        if args.alpha is not None:
+            raise RecipeError("--alpha applies to registry MobileNets; a hub: backbone has no variants.")
+        # The SavedModel fixes its input size and has no variants: drop the demo's 96 px / alpha.
+        recipe = dataclasses.replace(recipe, variant={}, image_size=args.image_size,
+                                     hub_range=getattr(args, "hub_range", None) or recipe.hub_range)
+    data = args.data or recipe.data
+    if args.demo:
+        from transferkit.demo import demo_dataset_dir
+
+        data = str(demo_dataset_dir(allow_download=recipe.allow_download))
+        if hasattr(args, "output"):
+            recipe = recipe.replace(output=recipe.output or os.path.join("runs", "demo"))
+    return recipe, data
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Print rows as left-aligned columns; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+

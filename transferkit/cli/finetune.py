@@ -1,0 +1,63 @@
+"""``transferkit finetune``: plan, train and save a run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from transferkit.cli.common import add_data_options, recipe_from_args
+from transferkit.errors import RecipeError
+
+__all__ = ["register", "run"]
+
+EXAMPLES = """examples:
+  transferkit finetune --demo
+  transferkit finetune data/flowers --backbone mobilenet_v2 --alpha 0.35 --image-size 96 --output runs/flowers
+  transferkit finetune data/train --val-dir data/val --backbone efficientnet_b0 --epochs 5 --output runs/b0
+  transferkit finetune --recipe recipes/sign_digits.yaml --fine-tune-epochs 5
+  transferkit finetune data/xrays --similarity different --unfreeze 8 --output runs/xrays
+"""
+
+
+def register(commands) -> argparse.ArgumentParser:
+    """Add the ``finetune`` command to the sub-parsers."""
+    tune = commands.add_parser(
+        "finetune", help="fine-tune a backbone on a folder of labelled images",
+        description="Measures the data, plans which layer groups to freeze, fine-tune or drop "
+        "(--plan auto), trains a head on the frozen backbone, then fine-tunes the planned groups at "
+        "lower learning rates with BatchNorm kept in inference mode. Flags override the plan.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_options(tune)
+    tune.add_argument("--batch-size", type=int, help="batch size")
+    tune.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency")
+    tune.add_argument("--no-feature-cache", action="store_true", help="always run the frozen layers live")
+    tune.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
+                      help="compute in 16 bits (float32 weights and outputs)")
+    tune.add_argument("--jit-compile", action="store_true", help="compile training steps with XLA")
+    tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
+    tune.add_argument("-q", "--quiet", action="store_true", help="one line per epoch, no progress bars")
+    return tune
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune and print the plan, the stages and where the run went; returns the exit status."""
+    recipe, data = recipe_from_args(args)
+    if recipe.output is None:
+        raise RecipeError("Give --output DIR: the run folder that receives model.keras and metrics.json.")
+
+    from transferkit.finetune import finetune
+
+    result = finetune(data, recipe=recipe, verbose=2 if args.quiet else None)
+    metrics = result.metrics
+    print(result.plan.explain())
+    for stage in metrics["stages"]:
+        kept = "" if stage["kept"] else " (below stage 1: undone)"
+        print(f"stage {stage['name']}: {stage['epochs']} epochs (best {stage['best_epoch']}), "
+              f"{stage['seconds']:.1f}s, val_accuracy {stage['val_accuracy']}{kept}, "
+              f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
+    print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
+          f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
+    extra = ", saved_model/" if "saved_model" in metrics else ", model.tflite" if "sparsity" in metrics else ""
+    print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml")
+    return 0
