@@ -102,7 +102,8 @@ def part_stage1_plain() -> dict:
 
 
 def part_stage1_transferkit() -> dict:
-    from transferkit.finetune import build_model, train_head
+    from transferkit.model import build_model
+    from transferkit.training import train_head
 
     images = _images()
     transfer = build_model("mobilenet_v2", num_outputs=images.num_classes, image_size=SIZE,
@@ -131,7 +132,8 @@ def part_stage2_plain() -> dict:
 
 
 def _stage2_transferkit(subset: int | None = None, epochs: int = EPOCHS, **recipe) -> dict:
-    from transferkit.finetune import build_model, train_unfrozen
+    from transferkit.model import build_model
+    from transferkit.training import train_unfrozen
 
     images = _images()
     if subset:  # the precision/XLA variants: fewer images, the same per-image work
