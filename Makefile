@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/transferkit finetune --demo --output runs/demo
+	$(VENV)/bin/transferkit finetune --demo --output runs/demo --overwrite
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -1,6 +1,7 @@
 """transferkit's Keras callbacks: the schedule applied per batch, handing over to a callback that sets the rate."""
 
 import numpy as np
+import pytest
 
 
 def _fit(callbacks, epochs=3, legacy=False):
@@ -82,3 +83,24 @@ def test_the_stage_timer_records_one_duration_per_epoch():
     timer = StageTimer()
     _fit([timer], epochs=2)
     assert len(timer.seconds) == 2 and all(s > 0 for s in timer.seconds)
+
+
+@pytest.mark.parametrize("losses, diverged", [
+    ([0.01, 0.5, 1.25, 40.0], None),  # a stage starting near zero may rise; the floor of 1 keeps it going
+    ([2.3, 2.0, 3e4], (1, 3)),  # weights blown up: 10,000 x the first loss
+    ([2.3, float("nan")], (1, 2)),
+    ([float("inf")], (1, 1)),
+])
+def test_divergence_is_a_non_finite_loss_or_a_ten_thousand_fold_rise(losses, diverged):
+    from transferkit.callbacks import StopOnDivergence
+
+    class Model:
+        stop_training = False
+
+    watch = StopOnDivergence()
+    watch.set_model(Model())
+    watch.on_epoch_begin(0)
+    for batch, loss in enumerate(losses):
+        watch.on_train_batch_end(batch, {"loss": loss})
+    assert (watch.diverged[:2] if watch.diverged else None) == diverged
+    assert watch.model.stop_training == (diverged is not None)

@@ -11,6 +11,7 @@ from transferkit.planner import (
     PARAMS_PER_IMAGE,
     SMALL_PER_CLASS,
     DataProfile,
+    FreezePlan,
     GroupInfo,
     Similarity,
     discriminative_rates,
@@ -226,3 +227,16 @@ def test_imbalance_is_pointed_out():
     data = DataProfile.from_counts([300, 300, 90])
     assert "largest/smallest 3.33" in plan_freeze(data, similarity(0.6), GROUPS).explain()
     assert "imbalanced" not in plan_freeze(profile(100), similarity(0.6), GROUPS).explain()
+
+
+def test_a_plan_round_trips_through_its_dict_for_resumed_runs():
+    import json
+
+    profile = DataProfile.from_counts([40, 50, 60], resolution=(32, 32))
+    similarity = Similarity(score=0.3, shift=0.3, shift_shallow=0.2, sample=10, probe={"a": 0.5, "b": 0.6})
+    groups = [GroupInfo("a", 100), GroupInfo("b", 200), GroupInfo("c", 300)]
+    plan = plan_freeze(profile, similarity, groups, image_size=96)
+    again = FreezePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan and again.explain() == plan.explain()
+    with pytest.raises(ValueError, match="not a freeze plan"):
+        FreezePlan.from_dict({"quadrant": "small+similar"})

@@ -7,6 +7,12 @@
   learning rate too (``keras.callbacks.LearningRateScheduler``,
   ``ReduceLROnPlateau``): when one does, the schedule hands over to it for
   the rest of the stage, and says so once.
+* :class:`StopOnDivergence` stops a stage at the first batch whose loss is
+  not finite or has risen 10,000-fold (from at least 1).
+* :class:`ResumableEarlyStopping` is Keras's ``EarlyStopping`` whose
+  counters and best weights can be saved and restored.
+* :class:`EpochBackup` hands each finished epoch to a function that saves
+  the run's state (``RUN_DIR/.state/``), so a killed run resumes there.
 * :class:`LearningRateLogger` adds the optimizer's learning rate at the end
   of each epoch to the logs (``lr`` in ``history.csv``).
 
@@ -23,7 +29,8 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["StageTimer", "ScheduleCallback", "LearningRateLogger", "current_learning_rate"]
+__all__ = ["StageTimer", "ScheduleCallback", "LearningRateLogger", "StopOnDivergence", "ResumableEarlyStopping",
+           "EpochBackup", "current_learning_rate"]
 
 log = logging.getLogger("transferkit")
 
@@ -100,3 +107,85 @@ class LearningRateLogger(keras.callbacks.Callback):
         """Record the rate the epoch ended at."""
         if logs is not None:
             logs["lr"] = current_learning_rate(self.model.optimizer)
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is not finite or exceeds ``factor`` × max(first loss, 1).
+
+    Keras's ``TerminateOnNaN`` catches NaN and infinity only; a learning rate
+    far too high also drives the loss to 1e15 and beyond while staying
+    finite. The floor of 1 keeps a stage that starts from a near-zero loss
+    (a later gradual sub-stage) from being flagged for an ordinary rise;
+    a loss 10,000 times that is weights that have blown up, not a bad epoch.
+    The stage that owns this callback raises
+    :class:`~transferkit.errors.DivergenceError` after ``fit`` returns.
+
+    Args:
+        factor: How many times max(the stage's first running-mean loss, 1)
+            counts as divergence.
+    """
+
+    def __init__(self, factor: float = 1e4):
+        super().__init__()
+        self.factor = factor
+        self.first: float | None = None
+        self.epoch = 0
+        self.diverged: tuple[int, int, float] | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Remember the epoch, for the message."""
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Check the running loss."""
+        if not logs or "loss" not in logs:
+            return
+        loss = float(keras.ops.convert_to_numpy(logs["loss"]))
+        if self.first is None and np.isfinite(loss):
+            self.first = max(abs(loss), 1.0)
+        if not np.isfinite(loss) or (self.first is not None and loss > self.factor * self.first):
+            self.diverged = (self.epoch + 1, batch + 1, loss)
+            self.model.stop_training = True
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """``keras.callbacks.EarlyStopping`` whose state survives a restart.
+
+    Args:
+        restored: ``(state, best_weights)`` from :meth:`state` and a saved
+            copy of :attr:`best_weights`, applied when training begins
+            (Keras resets the counters there).
+        **kwargs: ``EarlyStopping``'s arguments.
+    """
+
+    def __init__(self, restored: tuple[dict, list | None] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.restored = restored
+
+    def on_train_begin(self, logs=None):
+        """Reset as Keras does, then apply the restored state."""
+        super().on_train_begin(logs)
+        if self.restored:
+            state, weights = self.restored
+            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+            self.best_weights = weights
+
+    def state(self) -> dict:
+        """The counters to save: ``best``, ``best_epoch``, ``wait``."""
+        return {"best": float(self.best), "best_epoch": int(self.best_epoch), "wait": int(self.wait)}
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Call ``save(epoch, logs)`` at the end of every epoch (put it last: the others' logs are in).
+
+    Args:
+        save: The function that writes the run's state.
+    """
+
+    def __init__(self, save: Any):
+        super().__init__()
+        self.save = save
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Save the state of the finished epoch."""
+        self.save(epoch, dict(logs or {}))

@@ -25,7 +25,8 @@ from transferkit.errors import DataError, RecipeError
 from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 
 __all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "load_recipe", "recipe_to_dict",
-           "augment_config", "DEMO_RECIPE", "PLANS", "SIMILARITIES", "TASKS", "AUGMENT_PRESETS"]
+           "augment_config", "check_number", "check_bool", "check_text", "DEMO_RECIPE", "PLANS", "SIMILARITIES",
+           "TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS"]
 
 #: Values of ``Recipe.plan``.
 PLANS = ("auto", "none")
@@ -39,6 +40,70 @@ PRECISIONS = ("mixed_float16", "mixed_bfloat16")
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 #: Pooling of the backbone's feature map in the head.
 POOLINGS = ("avg", "max", "flatten")
+
+
+#: Smallest square input side transferkit trains at (smaller maps vanish in the deeper groups).
+MIN_IMAGE_SIZE = 32
+#: Flip modes of :class:`AugmentConfig` (``""`` is none).
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "")
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
+    """Refuse a setting that is not a finite number within its bounds, naming it and the fix.
+
+    Args:
+        name: The setting's name as the user spells it (YAML path or flag).
+        value: What was given.
+        low: Lower bound, or ``None``.
+        high: Upper bound, or ``None``.
+        low_open: Whether ``low`` itself is excluded.
+        high_open: Whether ``high`` itself is excluded.
+        integer: Whether only integers are accepted.
+
+    Raises:
+        RecipeError: For a bool, a string, NaN, infinity, a float where an
+            integer is needed, or a value out of bounds.
+    """
+    kind = "an integer" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    expected = f"{kind}{' ' + ' and '.join(bounds) if bounds else ''}"
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    ok = ok and value == value and value not in (float("inf"), float("-inf"))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        hint = " (a quoted YAML value is a string: remove the quotes)" if isinstance(value, str) else ""
+        raise RecipeError(f"{name} must be {expected}, got {value!r}{hint}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Refuse a setting that is not ``True`` or ``False`` (YAML ``"no"``, ``"false"``, ``1`` included).
+
+    Raises:
+        RecipeError: Naming the setting and what was given.
+    """
+    if not isinstance(value, bool):
+        hint = " (a quoted YAML value is a string: write true or false without quotes)" if isinstance(value, str) else ""
+        raise RecipeError(f"{name} must be true or false, got {value!r}{hint}.")
+
+
+def check_text(name: str, value: Any, *, optional: bool = True) -> None:
+    """Refuse a setting that is not a non-empty string (or ``None`` when optional).
+
+    Raises:
+        RecipeError: Naming the setting and what was given.
+    """
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise RecipeError(f"{name} must be a non-empty string, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -63,8 +128,9 @@ class HeadConfig:
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise RecipeError(f"head pooling must be one of {POOLINGS}, got {self.pooling!r}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise RecipeError(f"head dropout must be in [0, 1), got {self.dropout!r}.")
+        check_number("head.dropout", self.dropout, low=0, high=1, high_open=True)
+        check_bool("head.batch_norm", self.batch_norm)
+        check_text("head.activation", self.activation, optional=False)
         if any((not isinstance(u, int)) or u <= 0 for u in self.dense):
             raise RecipeError(f"head dense units must be positive integers, got {list(self.dense)!r}.")
 
@@ -85,6 +151,13 @@ class AugmentConfig:
     rotation: float = 0.05
     zoom: float = 0.1
     contrast: float = 0.1
+
+    def __post_init__(self):
+        if self.flip not in FLIPS:
+            raise RecipeError(f"augment.flip must be one of {', '.join(repr(f) for f in FLIPS)} ('' for none), "
+                              f"got {self.flip!r}.")
+        for name in ("rotation", "zoom", "contrast"):
+            check_number(f"augment.{name}", getattr(self, name), low=0, high=1, high_open=True)
 
 
 #: Named augmentation strengths; the planner picks one, a recipe may name one.
@@ -184,6 +257,7 @@ class PruneConfig:
     allocation: str = "erdos_renyi"
 
     def __post_init__(self):
+        _plain_numbers(self)
         for name in ("target_sparsity", "initial_sparsity"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -198,9 +272,9 @@ class PruneConfig:
                 raise RecipeError(f"prune.{name} must be an integer >= {low}, got {value!r}.")
         if not isinstance(self.ramp, (int, float)) or not 0 < self.ramp <= 1:
             raise RecipeError(f"prune.ramp must be in (0, 1], got {self.ramp!r}.")
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or self.learning_rate <= 0:
-            raise RecipeError(f"prune.learning_rate must be a positive number, got {self.learning_rate!r}.")
+        check_number("prune.learning_rate", self.learning_rate, low=0, low_open=True)
+        check_bool("prune.quantize", self.quantize)
+        check_text("prune.summaries", self.summaries)
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"prune.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.batch_norm not in BATCH_NORM:
@@ -313,6 +387,7 @@ class Recipe:
     prune: PruneConfig | None = None
 
     def __post_init__(self):
+        _plain_numbers(self)
         _check_int("epochs", self.epochs, 0)
         _check_int("fine_tune_epochs", self.fine_tune_epochs, 0)
         _check_int("batch_size", self.batch_size, 1)
@@ -321,13 +396,21 @@ class Recipe:
         if self.unfreeze is not None:
             _check_int("unfreeze", self.unfreeze, 0)
         if self.image_size is not None:
-            _check_int("image_size", self.image_size, 1)
+            _check_int("image_size", self.image_size, MIN_IMAGE_SIZE)
         for name in ("learning_rate", "fine_tune_learning_rate"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-                raise RecipeError(f"{name} must be a positive number, got {value!r}.")
-        if not isinstance(self.val_split, (int, float)) or not 0 < self.val_split < 1:
-            raise RecipeError(f"val_split must be between 0 and 1 (exclusive), got {self.val_split!r}.")
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), low=0, low_open=True)
+        check_number("val_split", self.val_split, low=0, high=1, low_open=True, high_open=True)
+        for name in ("gradual", "class_weight", "feature_cache", "allow_download"):
+            check_bool(name, getattr(self, name))
+        if self.jit_compile is not None:
+            check_bool("jit_compile", self.jit_compile)
+        check_text("backbone", self.backbone, optional=False)
+        for name in ("data", "output", "val_dir", "cut", "weights"):
+            check_text(name, getattr(self, name))
+        if not isinstance(self.variant, Mapping):
+            raise RecipeError(f"variant must be a mapping of backbone arguments, e.g. {{alpha: 0.35}}, "
+                              f"got {self.variant!r}.")
         if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
             raise RecipeError(f"mixed_precision must be one of {PRECISIONS} or absent, got {self.mixed_precision!r}.")
         if self.plan not in PLANS:
@@ -358,9 +441,22 @@ class Recipe:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _plain_numbers(config: Any) -> None:
+    """Turn NumPy scalars in a frozen config into Python numbers (so YAML and JSON can write them)."""
+    import numbers
+
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, bool) or type(value) in (int, float):
+            continue
+        if isinstance(value, numbers.Integral) and type(value).__name__ != "bool_":
+            object.__setattr__(config, item.name, int(value))
+        elif isinstance(value, numbers.Real):
+            object.__setattr__(config, item.name, float(value))
+
+
 def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RecipeError(f"{name} must be an integer >= {low}, got {value!r}.")
+    check_number(name, value, low=low, integer=True)
 
 
 _NESTED = {"head": HeadConfig, "augment": AugmentConfig, "prune": PruneConfig}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from transferkit.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "class_files",
+    "decoded_budget",
     "FolderScan",
     "ImageSet",
     "AugmentConfig",
@@ -41,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger("transferkit")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 #: Environment variable: GiB of decoded images allowed in memory (default 8).
 MAX_DECODED_ENV = "TRANSFERKIT_MAX_DECODED_GB"
@@ -144,15 +147,13 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
     files, labels, ignored, empty = [], [], [], []
     for label, name in enumerate(classes):
         found_any = False
-        for item in sorted((path / name).rglob("*")):
-            if not item.is_file() or item.name.startswith("."):
-                continue
-            if item.suffix.lower() in IMAGE_EXTENSIONS:
+        for item in class_files(path / name):
+            if item.is_file() and item.suffix.lower() in IMAGE_EXTENSIONS:
                 files.append(str(item))
                 labels.append(label)
                 found_any = True
             else:
-                ignored.append(str(item))
+                ignored.append(str(item))  # another extension, or a broken link
         if not found_any:
             empty.append(name)
     if empty:
@@ -162,6 +163,45 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
             "the folder(s)."
         )
     return FolderScan(str(path), tuple(classes), tuple(files), tuple(labels), tuple(ignored))
+
+
+def class_files(folder: Path) -> list[Path]:
+    """Every non-hidden file under a class folder, sorted; symlinked sub-folders are followed once.
+
+    What is read: files at any depth whose name does not start with ``.``;
+    sub-folders (hidden ones skipped) including symlinked ones, each real
+    folder once (a link cycle is not followed twice); a broken symlink is
+    returned too, so the caller counts it as ignored rather than dropping it.
+
+    Args:
+        folder: One class's folder.
+
+    Returns:
+        The paths, sorted.
+    """
+    seen: set[str] = set()
+    out: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(Path(root) / n for n in names if not n.startswith("."))
+    return sorted(out)
+
+
+def _to_8bit(image):
+    """A 16-bit or float Pillow image as 8-bit by its bit depth (not stretched per image)."""
+    from PIL import Image
+
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode == "F":
+        array = array * 255.0 if array.size and float(array.max()) <= 1.0 else array
+    else:  # I;16*, or I holding 16-bit PNG values
+        array = array / 257.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
@@ -183,15 +223,30 @@ def decode_image(path: str, size: int) -> np.ndarray:
         image.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            array = np.asarray(image, dtype=np.float32)
-            span = float(array.max() - array.min()) or 1.0
-            image = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8))
+            image = _to_8bit(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba)
         image = image.convert("RGB").resize((size, size), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
+
+
+def decoded_budget() -> int:
+    """Bytes of decoded images allowed in memory, from ``$TRANSFERKIT_MAX_DECODED_GB`` (default 8).
+
+    Raises:
+        DataError: When the variable is not a positive number.
+    """
+    raw = os.environ.get(MAX_DECODED_ENV, "8")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise DataError(f"{MAX_DECODED_ENV} must be a positive number of GiB, got {raw!r}. Unset it for the "
+                        f"default of 8, or set e.g. {MAX_DECODED_ENV}=16.")
+    return int(value * 2**30)
 
 
 def decode_images(
@@ -214,7 +269,7 @@ def decode_images(
             (``TRANSFERKIT_MAX_DECODED_GB``, default 8).
     """
     needed = len(files) * size * size * 3
-    budget = int(float(os.environ.get(MAX_DECODED_ENV, "8")) * 2**30)
+    budget = decoded_budget()
     if needed > budget:
         raise DataError(
             f"{len(files)} images at {size} px need {needed / 2**30:.1f} GiB decoded, above "
@@ -232,7 +287,12 @@ def decode_images(
         except Exception as error:  # noqa: BLE001 - any decoder failure means "skip and count"
             skipped.append((files[index], f"{type(error).__name__}: {error}"[:200]))
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    from PIL import Image
+
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        # Between Pillow's pixel limit and twice it, Pillow only warns (decoded at reduced scale here);
+        # above twice it, it raises, and the file is skipped and counted.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         list(pool.map(work, range(len(files))))
     kept = np.flatnonzero(ok)
     for path, reason in sorted(skipped):

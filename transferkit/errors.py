@@ -36,8 +36,20 @@ class RecipeError(TransferkitError, ValueError):
 
 
 class MissingDependencyError(TransferkitError, ImportError):
-    """An optional dependency that is not installed."""
+    """An optional dependency that is not installed.
+
+    Kept for compatibility: tf_keras, TF-MOT, tensorflow-hub and keras-tuner
+    are hard requirements, so no current code path raises it.
+    """
 
 
 class ModelDirError(TransferkitError, FileNotFoundError):
     """A run directory that lacks the files transferkit wrote into it."""
+
+
+class RunExistsError(TransferkitError, FileExistsError):
+    """An output folder that already holds a finished run, or other files."""
+
+
+class DivergenceError(TransferkitError, ArithmeticError):
+    """Training diverged: a non-finite loss, or one far above where the stage started."""

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from transferkit.config import Recipe
 from transferkit.data import ImageSet, load_image_folder, scan_folder
-from transferkit.errors import RecipeError
+from transferkit.errors import RecipeError, RunExistsError
 from transferkit.heads import task_spec
 from transferkit.hub import HubBackbone, check_image_size, export_saved_model, frozen_model, load_hub, load_saved_model
 from transferkit.measure import folder_resolution
@@ -31,11 +31,12 @@ from transferkit.model import build_model, compile_model, set_seed, unfreeze
 from transferkit.planner import FreezePlan
 from transferkit.planning import hub_plan, make_plan
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone, is_hub
-from transferkit.runs import RunRecord, data_metrics, save_run, versions
-from transferkit.training import model_head, run_hub_plan, run_plan
+from transferkit.runs import (RunRecord, RunState, check_output, data_metrics, fingerprint, load_state, save_run,
+                              versions)
+from transferkit.training import Checkpoint, model_head, run_hub_plan, run_plan
 from transferkit.weights import WeightsSource
 
-__all__ = ["FineTuneResult", "Prepared", "prepare", "finetune", "plan"]
+__all__ = ["FineTuneResult", "Prepared", "HubExport", "prepare", "finetune", "plan"]
 
 log = logging.getLogger("transferkit")
 
@@ -98,7 +99,7 @@ class Prepared:
 
 
 def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe | None = None,
-            output: str | os.PathLike | None = None, registry: Registry = REGISTRY,
+            output: str | os.PathLike | None = None, registry: Registry = REGISTRY, overwrite: bool = False,
             **overrides: Any) -> Prepared:
     """Resolve the recipe and decode the data: everything checked before TensorFlow loads.
 
@@ -107,6 +108,7 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
         recipe: Base settings.
         output: Run folder (wins over ``recipe.output``).
         registry: Where to look the backbone up.
+        overwrite: Whether a finished run in the output folder may be replaced.
         **overrides: Recipe fields.
 
     Returns:
@@ -118,6 +120,7 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
     recipe = (recipe or Recipe()).replace(**overrides)
     if output is not None:
         recipe = recipe.replace(output=str(output))
+    check_output(recipe.output, overwrite=overwrite)
     if is_hub(recipe.backbone):
         spec = load_hub(recipe.backbone, input_range=recipe.hub_range, allow_download=recipe.allow_download,
                         registry=registry)
@@ -179,6 +182,7 @@ def finetune(
     verbose: int | None = None,
     registry: Registry = REGISTRY,
     callbacks: Sequence[Any] = (),
+    overwrite: bool = False,
     **overrides: Any,
 ) -> FineTuneResult:
     """Fine-tune an ImageNet backbone on a folder of labelled images.
@@ -199,6 +203,9 @@ def finetune(
         registry: Where to look the backbone up.
         callbacks: Keras callbacks passed to every training stage (stage 1,
             stage 2, the Hub backbone's ``tf_keras`` stage).
+        overwrite: Replace a finished run in ``output`` (only once the new
+            one is complete); otherwise such a folder is refused before any
+            work starts.
         **overrides: Any :class:`~transferkit.config.Recipe` field, e.g.
             ``backbone="mobilenet_v2", variant={"alpha": 0.35}, epochs=5``.
 
@@ -214,24 +221,84 @@ def finetune(
         >>> result.val_accuracy
     """
     started = time.perf_counter()
-    prep = prepare(data, recipe=recipe, output=output, registry=registry, **overrides)
+    prep = prepare(data, recipe=recipe, output=output, registry=registry, overwrite=overwrite, **overrides)
     import keras  # after the inputs are checked: bad input fails fast, without TensorFlow
 
     previous_policy = keras.mixed_precision.global_policy()
     if prep.recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(prep.recipe.mixed_precision)
     try:
-        run = _finetune_hub if isinstance(prep.spec, HubBackbone) else _finetune_registry
-        result, record = run(prep, verbose=verbose, callbacks=tuple(callbacks))
+        if isinstance(prep.spec, HubBackbone):
+            result, record, export = _finetune_hub(prep, verbose=verbose, callbacks=tuple(callbacks))
+        else:
+            result, record, export = _finetune_registry(prep, verbose=verbose, callbacks=tuple(callbacks),
+                                                        checkpoint=_checkpoint(prep, overwrite))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     record.seconds_total = round(time.perf_counter() - started, 2)
+    output = prep.recipe.output
+    if export is not None:  # a Hub run also writes its self-contained SavedModel
+        folder = Path(output).expanduser() if output else Path(tempfile.mkdtemp(prefix="transferkit-hub-"))
+        record.saved_model = str(folder / "saved_model")
+        if not output:
+            export(folder)
     result.metrics = record.to_dict()
-    if prep.recipe.output:
-        save_run(prep.recipe.output, model=result.model, record=record, history=result.history,
-                 recipe=prep.recipe, tflite=result.tflite)
-        result.output = prep.recipe.output
+    if output:
+        save_run(output, model=export or result.model, record=record, history=result.history,
+                 recipe=prep.recipe, tflite=result.tflite, overwrite=overwrite)
+        result.output = output
+    if export is not None:
+        result.model = export.model
     return result
+
+
+class HubExport:
+    """Writes a Hub run's ``saved_model/`` into its folder and gives the Keras 3 model to save beside it.
+
+    A fine-tuned Hub backbone lives in ``tf_keras``; Keras 3 runs its
+    exported SavedModel (``TFSMLayer``), which must sit at its final path
+    before the Keras 3 model that refers to it is built.
+
+    Args:
+        trained: The model to export (the fine-tuned ``tf_keras`` model, or
+            the frozen Keras 3 model).
+        frozen: The frozen Keras 3 model (saved as is when nothing was fine-tuned).
+        image_size: Input side.
+        task: The task, to compile the wrapper for evaluation.
+    """
+
+    def __init__(self, trained: Any, frozen: Any, image_size: int, task: Any):
+        self.trained, self.model, self.image_size, self.task = trained, frozen, image_size, task
+
+    def __call__(self, folder: Path) -> Any:
+        """Export into ``folder/saved_model``; returns the Keras 3 model for ``model.keras``."""
+        exported = export_saved_model(self.trained, folder / "saved_model")
+        if self.trained is not self.model:  # Keras 3 can run the fine-tuned SavedModel, not train it
+            self.model = compile_model(load_saved_model(exported, self.image_size), self.task)
+        return self.model
+
+
+def _checkpoint(prep: Prepared, overwrite: bool) -> Checkpoint | None:
+    """The run's :class:`~transferkit.training.Checkpoint`: a new one, or the saved state of an unfinished run.
+
+    Raises:
+        RunExistsError: When the output folder holds an unfinished run with
+            other settings or data.
+    """
+    output = prep.recipe.output
+    if not output:
+        return None
+    key = fingerprint(prep.recipe, prep.images)
+    loaded = None if overwrite else load_state(output)
+    if loaded is None:
+        return Checkpoint(output, RunState(key, {}))
+    state, arrays = loaded
+    if state.fingerprint != key:
+        raise RunExistsError(f"{output!r} holds an unfinished run started with other settings or data. Rerun "
+                             "with the same ones to resume it, or pass --overwrite to start again.")
+    log.info("Resuming the unfinished run in %s: stage %s after epoch %d (%d stage(s) done).", output,
+             state.stage, state.epoch, len(state.stages))
+    return Checkpoint(output, state, arrays)
 
 
 def _record(prep: Prepared, plan_: FreezePlan, stages: list, **fields: Any) -> RunRecord:
@@ -247,21 +314,27 @@ def _record(prep: Prepared, plan_: FreezePlan, stages: list, **fields: Any) -> R
                      versions=versions(), **fields)
 
 
-def _finetune_registry(prep: Prepared, *, verbose: int | None,
-                       callbacks: Sequence[Any]) -> tuple[FineTuneResult, RunRecord]:
-    """:func:`finetune` on a registry backbone."""
+def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequence[Any],
+                       checkpoint: Checkpoint | None) -> tuple[FineTuneResult, RunRecord, None]:
+    """:func:`finetune` on a registry backbone; with a loaded checkpoint, the plan is read back, not measured."""
     recipe, spec = prep.recipe, prep.spec
     set_seed(recipe.seed)
     transfer = build_model(spec, **prep.build)
     log.info("Backbone %s %s at %d px; %d layer groups: %s", spec.name, transfer.variant or "", recipe.image_size,
              len(transfer.groups), ", ".join(g.name for g in transfer.groups))
-    plan_ = make_plan(transfer, prep.images, recipe, prep.resolution)
+    if checkpoint is not None and checkpoint.state.plan:
+        plan_ = FreezePlan.from_dict(checkpoint.state.plan)
+    else:
+        plan_ = make_plan(transfer, prep.images, recipe, prep.resolution)
+        if checkpoint is not None:
+            checkpoint.state.plan = plan_.to_dict()
     log.info("%s", plan_.explain())
     if plan_.cut is not None:
         set_seed(recipe.seed)
         transfer = build_model(spec, cut=plan_.cut, **prep.build)
     history: list[dict[str, Any]] = []
-    stages = run_plan(transfer, prep.images, recipe, plan_, verbose=verbose, history=history, callbacks=callbacks)
+    stages = run_plan(transfer, prep.images, recipe, plan_, verbose=verbose, history=history, callbacks=callbacks,
+                      checkpoint=checkpoint)
     kept = [s for s in stages if s.kept]
     tuned = bool(kept) and kept[-1].name.startswith("fine_tune")
     unfreeze(transfer, len(kept[-1].unfrozen_groups) if tuned else 0)
@@ -279,11 +352,11 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None,
         record.val_accuracy, record.val_loss = pruned.metrics["val_accuracy_after"], pruned.metrics["val_loss_after"]
         record.pruning, tflite = pruned.metrics, pruned.tflite
     compile_model(transfer.model, transfer.task)
-    return FineTuneResult(transfer.model, {}, history, recipe, plan=plan_, tflite=tflite), record
+    return FineTuneResult(transfer.model, {}, history, recipe, plan=plan_, tflite=tflite), record, None
 
 
 def _finetune_hub(prep: Prepared, *, verbose: int | None,
-                  callbacks: Sequence[Any]) -> tuple[FineTuneResult, RunRecord]:
+                  callbacks: Sequence[Any]) -> tuple[FineTuneResult, RunRecord, HubExport]:
     """:func:`finetune` on a TF-Hub backbone (:mod:`transferkit.hub`)."""
     recipe, hub, task = prep.recipe, prep.spec, prep.task
     if recipe.prune is not None:
@@ -300,16 +373,11 @@ def _finetune_hub(prep: Prepared, *, verbose: int | None,
     history: list[dict[str, Any]] = []
     tuned, stages = run_hub_plan(hub, model, feature_model, prep.images, recipe, plan_, task, verbose=verbose,
                                  history=history, callbacks=callbacks)
-    folder = Path(recipe.output) if recipe.output else Path(tempfile.mkdtemp(prefix="transferkit-hub-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    exported = export_saved_model(tuned if tuned is not None else model, folder / "saved_model")
-    if tuned is not None:  # Keras 3 can run the fine-tuned SavedModel, not train it
-        model = load_saved_model(exported, recipe.image_size)
     compile_model(model, task)
     source = WeightsSource("path", hub.path)
     record = _record(prep, plan_, stages, hub=hub.to_dict(), weights_source=f"{hub.path} ({hub.source})",
                      weights=source.to_dict(), unfreeze_groups=1 if tuned is not None else 0, layer_groups=["hub"],
-                     saved_model=str(exported),
                      model_type="keras.Model wrapping keras.layers.TFSMLayer (inference only)" if tuned is not None
                      else "keras.Model: frozen keras.layers.TFSMLayer backbone + trainable head")
-    return FineTuneResult(model, {}, history, recipe, plan=plan_, trainable_model=tuned), record
+    export = HubExport(tuned if tuned is not None else model, model, recipe.image_size, task)
+    return FineTuneResult(model, {}, history, recipe, plan=plan_, trainable_model=tuned), record, export

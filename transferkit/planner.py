@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Sequence
 
 __all__ = [
@@ -292,6 +292,34 @@ class FreezePlan:
         out["unfreeze"] = self.unfreeze
         out["explanation"] = self.explain()
         return json.loads(json.dumps(out))  # tuples become lists, as in metrics.json
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FreezePlan":
+        """The plan :meth:`to_dict` wrote (a resumed run reads its plan back instead of re-measuring).
+
+        Args:
+            data: :meth:`to_dict`'s output, e.g. from ``metrics.json`` or a run's saved state.
+
+        Returns:
+            The equal :class:`FreezePlan`.
+
+        Raises:
+            ValueError: When a field is missing or of the wrong shape.
+        """
+        try:
+            values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+            for name in ("frozen", "fine_tuned", "dropped", "reasons"):
+                values[name] = tuple(values[name])
+            profile = dict(values["profile"])
+            if profile.get("resolution") is not None:
+                profile["resolution"] = tuple(profile["resolution"])
+            values["profile"] = DataProfile(**profile)
+            if values.get("similarity") is not None:
+                values["similarity"] = Similarity(**values["similarity"])
+            return cls(**values)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a freeze plan written by FreezePlan.to_dict ({type(error).__name__}: "
+                             f"{error})") from None
 
 
 def size_verdict(profile: DataProfile, top_group_params: int) -> tuple[bool, str]:

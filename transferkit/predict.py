@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from transferkit.data import decode_image
-from transferkit.errors import DataError
+from transferkit.config import check_number
+from transferkit.errors import DataError, RecipeError
 from transferkit.runs import load_run
 
 __all__ = ["Prediction", "load_run", "predict"]
@@ -21,42 +22,63 @@ class Prediction:
 
     Attributes:
         path: The image.
-        top: ``(class name, probability)`` pairs, most likely first.
+        top: ``(class name, probability)`` pairs, most likely first; empty
+            when the image could not be read.
+        error: Why the image could not be read, or ``None``.
     """
 
     path: str
     top: tuple[tuple[str, float], ...]
+    error: str | None = None
 
 
-def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], top: int = 3) -> list[Prediction]:
+def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], top: int = 3, *,
+            skip_unreadable: bool = False, allow_saved_model: bool = True) -> list[Prediction]:
     """Top classes for each image.
 
     Args:
         model_dir: Output folder of ``transferkit finetune``.
         images: Image files (any format :mod:`transferkit.data` decodes).
-        top: How many classes to return per image. Defaults to 3.
+        top: How many classes to return per image (at least 1). Defaults to 3.
+        skip_unreadable: Return a :class:`Prediction` with ``error`` set for
+            an image that cannot be read, instead of raising.
+        allow_saved_model: Whether a Hub run's ``saved_model/`` may be loaded
+            (a TensorFlow graph that runs as it is).
 
     Returns:
         One :class:`Prediction` per image, in order.
 
     Raises:
-        ModelDirError: For a folder that is not a run folder (from :func:`~transferkit.runs.load_run`).
-        DataError: For an image that cannot be read, naming it.
+        RecipeError: For ``top`` below 1 or no images.
+        ModelDirError: For a folder that is not a run folder, or whose files
+            disagree (from :func:`~transferkit.runs.load_run`).
+        DataError: For an image that cannot be read, naming it (unless ``skip_unreadable``).
     """
-    model, metrics = load_run(model_dir)
+    check_number("top", top, low=1, integer=True)
+    if not images:
+        raise RecipeError("No images to classify: give one or more image files.")
+    model, metrics = load_run(model_dir, allow_saved_model=allow_saved_model)
     size = int(metrics["image_size"])
     names = metrics["class_names"]
-    batch = []
-    for path in images:
+    decoded, errors = {}, {}
+    for index, path in enumerate(images):
         try:
-            batch.append(decode_image(str(path), size))
+            decoded[index] = decode_image(str(path), size)
         except Exception as error:  # noqa: BLE001 - any decoder failure is the user's file
-            raise DataError(f"Cannot read image {str(path)!r}: {type(error).__name__}: {error}") from None
-    probabilities = model.predict(np.stack(batch).astype(np.float32), verbose=0)
-    if probabilities.shape[-1] == 1:  # binary: one sigmoid unit is P(class 1)
-        probabilities = np.concatenate([1 - probabilities, probabilities], axis=-1)
+            errors[index] = f"cannot read {str(path)!r}: {type(error).__name__}: {error}"
+            if not skip_unreadable:
+                raise DataError(errors[index]) from None
+    rows = {}
+    if decoded:
+        probabilities = model.predict(np.stack(list(decoded.values())).astype(np.float32), verbose=0)
+        if probabilities.shape[-1] == 1:  # binary: one sigmoid unit is P(class 1)
+            probabilities = np.concatenate([1 - probabilities, probabilities], axis=-1)
+        rows = dict(zip(decoded, probabilities))
     results = []
-    for path, row in zip(images, probabilities):
-        order = np.argsort(row)[::-1][: max(1, top)]
-        results.append(Prediction(str(path), tuple((names[i], float(row[i])) for i in order)))
+    for index, path in enumerate(images):
+        if index in errors:
+            results.append(Prediction(str(path), (), errors[index]))
+            continue
+        order = np.argsort(rows[index])[::-1][:top]
+        results.append(Prediction(str(path), tuple((names[i], float(rows[index][i])) for i in order)))
     return results

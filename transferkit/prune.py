@@ -43,7 +43,7 @@ from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_S
 from transferkit.data import augment_config, load_image_folder, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
-from transferkit.runs import RunRecord, load_transfer, save_run, versions
+from transferkit.runs import RunRecord, check_output, load_transfer, save_run, versions
 from transferkit.training import fit_stage
 
 __all__ = [
@@ -382,7 +382,7 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     fit = fit_stage(pruned, train_ds, None if config.batch_norm == "recalibrate" else val_ds, epochs=config.epochs,
                     callbacks=tfmot_callbacks + list(callbacks),
                     schedule=keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, total)),
-                    verbose=2 if verbose is None else verbose)
+                    verbose=2 if verbose is None else verbose, name="prune")
     stripped = sparsity.strip_pruning(pruned)
     if config.batch_norm == "recalibrate":
         recalibrate_batch_norm(stripped, images.x_train, batch)
@@ -461,6 +461,7 @@ def prune(
     output: str | os.PathLike | None = None,
     config: PruneConfig | None = None,
     verbose: int | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> PruneResult:
     """Prune the model of a ``transferkit finetune`` run.
@@ -477,6 +478,7 @@ def prune(
             atomically).
         config: Pruning settings; defaults to :class:`PruneConfig`.
         verbose: Keras verbosity.
+        overwrite: Replace a finished run in ``output`` (once the pruned run is complete).
         **overrides: :class:`PruneConfig` fields (``target_sparsity=0.8``).
 
     Returns:
@@ -488,6 +490,7 @@ def prune(
         RecipeError: For bad settings.
     """
     config = dataclasses.replace(config or PruneConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    check_output(output, overwrite=overwrite)
     transfer, run_metrics, recipe = load_transfer(run_dir)
     folder = data if data is not None else recipe.data
     if folder is None or not Path(folder).is_dir():
@@ -506,5 +509,5 @@ def prune(
         compile_model(transfer.model, transfer.task)
         recipe = recipe.replace(data=str(folder), prune=config, output=str(output))
         save_run(output, model=result.model, record=record, history=result.history, recipe=recipe,
-                 tflite=result.tflite)
+                 tflite=result.tflite, overwrite=overwrite)
     return result

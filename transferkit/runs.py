@@ -17,19 +17,23 @@ import json
 import logging
 import os
 import platform
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from transferkit.config import Recipe, load_recipe, recipe_to_dict
 from transferkit.data import ImageSet
-from transferkit.errors import ModelDirError, RecipeError
+from transferkit.errors import ModelDirError, RecipeError, RunExistsError
 from transferkit.hub import load_saved_model
 from transferkit.model import TransferModel, build_model
 from transferkit.registry import is_hub
 from transferkit.weights import WeightsSource
 
-__all__ = ["RunRecord", "data_metrics", "versions", "save_run", "load_run", "load_transfer", "atomic_write"]
+__all__ = ["RunRecord", "data_metrics", "versions", "save_run", "load_run", "load_transfer", "atomic_write",
+           "check_output", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
+           "save_state", "load_state", "fingerprint", "STATE_DIR"]
 
 log = logging.getLogger("transferkit")
 
@@ -181,17 +185,93 @@ def _history_csv(history: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+#: The file inside ``model.keras`` (a zip archive) that holds the run's input/output contract.
+CONTRACT_FILE = "transferkit.json"
+#: The :class:`RunRecord` fields the contract holds.
+CONTRACT_FIELDS = ("backbone", "image_size", "task", "num_classes", "class_names")
+
+
+def contract(record: RunRecord) -> dict[str, Any]:
+    """What the model file itself says of its inputs and outputs: backbone, size, task, class names."""
+    return {name: getattr(record, name) for name in CONTRACT_FIELDS} | {"pixels": "RGB in [0, 255]"}
+
+
+def read_contract(model_file: str | os.PathLike) -> dict[str, Any] | None:
+    """The contract stored inside a ``model.keras`` by :func:`save_run`; ``None`` for older files.
+
+    Raises:
+        ModelDirError: When the file is not a readable ``.keras`` archive.
+    """
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            if CONTRACT_FILE not in archive.namelist():
+                return None
+            return json.loads(archive.read(CONTRACT_FILE))
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ModelDirError(f"{str(model_file)!r} is not a readable .keras file ({type(error).__name__}: "
+                            f"{str(error)[:120]}). Re-run the command that wrote it.") from None
+
+
+def is_finished_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a finished run (``metrics.json`` is written last)."""
+    return (Path(folder) / "metrics.json").is_file()
+
+
+def check_output(output: str | os.PathLike | None, *, overwrite: bool = False) -> None:
+    """Refuse an output folder that cannot or must not receive a run, before any work starts.
+
+    Args:
+        output: The run folder (``None``: nothing will be written).
+        overwrite: Whether a finished run there may be replaced (once the new
+            one is complete).
+
+    Raises:
+        RecipeError: For an empty path, a path that is a file or lies under
+            a file, or a folder that cannot be written.
+        RunExistsError: For a finished run without ``overwrite``, or a folder
+            holding other files.
+    """
+    if output is None:
+        return
+    text = str(output)
+    if not text.strip():
+        raise RecipeError("--output is empty: give the run folder to create, e.g. --output runs/first.")
+    folder = Path(text).expanduser()
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise RecipeError(f"--output {text!r}: {str(parent)!r} is a file, not a folder. Choose another path.")
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RecipeError(f"--output {text!r}: {str(existing)!r} is not writable. Choose a folder you can write to.")
+    if is_finished_run(folder) and not overwrite:
+        raise RunExistsError(f"--output {text!r} already holds a finished run (metrics.json). Choose another folder, "
+                             "or pass --overwrite (overwrite=True) to replace it once the new run is complete.")
+    if folder.is_dir() and not is_finished_run(folder) and any(not p.name.startswith(STATE_DIR) for p in folder.iterdir()):
+        if not (folder / "model.keras").exists():
+            raise RunExistsError(f"--output {text!r} is a folder with other files in it, not a transferkit run. "
+                                 "Choose a new or empty folder.")
+
+
 def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, history: Sequence[dict[str, Any]],
-             recipe: Recipe, tflite: bytes | None = None) -> Path:
-    """Write a run folder; every file is serialised first, then each is written atomically.
+             recipe: Recipe, tflite: bytes | None = None, overwrite: bool = False) -> Path:
+    """Write a run folder: all of it, or nothing (an overwritten run comes back on failure).
+
+    Every file is serialised in memory first, so a value that cannot be
+    written fails before any file is touched. A finished run already in the
+    folder is moved aside, the new one written, and the old one deleted only
+    once the new one is complete; if writing fails (a full disk), the partial
+    folder is removed and the old run restored. ``metrics.json`` is written
+    last: a folder without it is not a finished run.
 
     Args:
         output: Folder to write into (created if needed).
-        model: The Keras 3 model (``model.keras``).
+        model: The Keras 3 model (``model.keras``), or a callable that
+            writes what it needs into the folder (a SavedModel) and returns it.
         record: ``metrics.json``.
         history: ``history.csv``'s rows.
         recipe: ``recipe.yaml``.
         tflite: ``model.tflite``'s bytes, if any.
+        overwrite: Whether a finished run in ``output`` may be replaced.
 
     Returns:
         The folder.
@@ -199,9 +279,12 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
     Raises:
         RecipeError: When the recipe or metrics hold a value that YAML/JSON
             cannot represent (nothing is written then).
+        RunExistsError: As :func:`check_output`.
+        OSError: When writing fails (the folder is as it was before).
     """
     import yaml
 
+    check_output(output, overwrite=overwrite)
     try:
         recipe_text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
         metrics_text = json.dumps(record.to_dict(), indent=2) + "\n"
@@ -210,11 +293,33 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
                           f"({type(error).__name__}: {str(error)[:200]}). Pass Python numbers and strings "
                           "(e.g. float(x), not a NumPy scalar). Nothing was written.") from None
     history_text = _history_csv(history)
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(output).expanduser()
+    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() else None
+    if aside is not None:
+        os.replace(folder, aside)
+    try:
+        folder.mkdir(parents=True)
+        _write_files(folder, model, history_text, recipe_text, tflite, metrics_text, contract(record))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        if aside is not None:
+            os.replace(aside, folder)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return folder
+
+
+def _write_files(folder: Path, model: Any, history_text: str, recipe_text: str, tflite: bytes | None,
+                 metrics_text: str, contract: dict[str, Any]) -> None:
+    """The run's files, each atomically, ``metrics.json`` last."""
+    if callable(model) and not hasattr(model, "save"):
+        model = model(folder)
     tmp_model = folder / f".model.{os.getpid()}.keras"
     try:
         model.save(tmp_model)
+        with zipfile.ZipFile(tmp_model, "a") as archive:  # the labels travel inside the model file
+            archive.writestr(CONTRACT_FILE, json.dumps(contract, indent=2))
         os.replace(tmp_model, folder / "model.keras")
     finally:
         if tmp_model.exists():
@@ -224,23 +329,28 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
     if tflite is not None:
         atomic_write(folder / "model.tflite", tflite)
     atomic_write(folder / "metrics.json", metrics_text)
-    return folder
 
 
-def load_run(model_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """Load ``model.keras`` and ``metrics.json`` from a run folder.
+def load_run(model_dir: str | os.PathLike, *, allow_saved_model: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Load ``model.keras`` and ``metrics.json`` from a run folder, checked against each other.
 
-    A run on a ``hub:`` backbone loads from its ``saved_model/`` folder as a
-    Keras 3 inference model around ``keras.layers.TFSMLayer``.
+    The contract inside ``model.keras`` (:data:`CONTRACT_FILE`: backbone,
+    input size, task, class names) must agree with ``metrics.json``: a
+    folder whose metrics were edited or mixed with another run's is refused
+    rather than mislabelling predictions. A run on a ``hub:`` backbone loads
+    from its ``saved_model/`` folder as a Keras 3 inference model around
+    ``keras.layers.TFSMLayer`` — a SavedModel is a TensorFlow graph that runs
+    as it is, so load only run folders you trust.
 
     Args:
-        model_dir: Output folder of ``transferkit finetune``.
+        model_dir: Output folder of ``transferkit finetune`` (or ``prune``).
+        allow_saved_model: Whether a Hub run's ``saved_model/`` may be loaded.
 
     Returns:
         ``(model, metrics)``.
 
     Raises:
-        ModelDirError: When the folder or one of the two files is missing.
+        ModelDirError: When a file is missing, unreadable, or disagrees with the model file.
     """
     import keras
 
@@ -251,12 +361,39 @@ def load_run(model_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
             f"{str(folder)!r} is not a transferkit run folder: {', '.join(missing)} missing. "
             "Pass the --output folder of a finished `transferkit finetune` run."
         )
-    metrics = json.loads((folder / "metrics.json").read_text())
-    if is_hub(metrics.get("backbone")) and (folder / "saved_model").is_dir():
+    metrics = _read_metrics(folder)
+    stored = read_contract(folder / "model.keras")
+    if stored is not None:
+        differ = [k for k in CONTRACT_FIELDS if metrics.get(k) != stored.get(k)]
+        if differ:
+            raise ModelDirError(f"{str(folder / 'metrics.json')!r} disagrees with the model file on "
+                                f"{', '.join(differ)} (model: {stored.get(differ[0])!r}, metrics.json: "
+                                f"{metrics.get(differ[0])!r}): the folder was edited or mixed with another run. "
+                                "Re-run the command that wrote it.")
+    if is_hub((stored or metrics).get("backbone")) and (folder / "saved_model").is_dir():
+        if not allow_saved_model:
+            raise ModelDirError(f"{str(folder)!r} is a Hub run: its saved_model/ is a TensorFlow graph that runs "
+                                "as it is. Load it only if you trust the folder.")
         # The run's own SavedModel (self-contained, found wherever the folder moved).
         return load_saved_model(folder / "saved_model", int(metrics["image_size"])), metrics
-    model = keras.models.load_model(folder / "model.keras", compile=False)  # no optimizer state needed
+    try:
+        model = keras.models.load_model(folder / "model.keras", compile=False)  # no optimizer state needed
+    except Exception as error:  # noqa: BLE001 - any deserialisation failure is the file's
+        raise ModelDirError(f"{str(folder / 'model.keras')!r} did not load ({type(error).__name__}: "
+                            f"{str(error)[:200]}). Re-run the command that wrote it.") from None
     return model, metrics
+
+
+def _read_metrics(folder: Path) -> dict[str, Any]:
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (ValueError, OSError) as error:
+        raise ModelDirError(f"{str(folder / 'metrics.json')!r} is not valid JSON ({error}). "
+                            "Re-run the command that wrote it.") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("image_size"), int):
+        raise ModelDirError(f"{str(folder / 'metrics.json')!r} lacks the run's fields (image_size, class_names): "
+                            "not written by transferkit, or damaged.")
+    return metrics
 
 
 def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, Any], Recipe]:
@@ -307,3 +444,100 @@ def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, 
     transfer.weights_source = WeightsSource("path", str(folder / "model.keras"))
     log.info("Loaded the run's trained weights from %s", folder / "model.keras")
     return transfer, metrics, recipe
+
+
+#: The folder inside an unfinished run that holds what resuming needs.
+STATE_DIR = ".state"
+
+
+@dataclass
+class RunState:
+    """What an unfinished run has done, saved at every epoch end (``RUN_DIR/.state/state.json``).
+
+    Attributes:
+        fingerprint: Hash of the recipe (without ``output``) and the decoded
+            data: a run resumes only with the same settings and images.
+        plan: The plan as it runs (:meth:`FreezePlan.to_dict`): not re-measured.
+        stages: The finished stages (:class:`~transferkit.training.StageResult` as dicts).
+        history: ``history.csv``'s rows so far.
+        stage: The stage in progress.
+        epoch: Finished epochs of that stage.
+        step: Its learning-rate schedule's step.
+        seconds: Wall time spent in that stage so far.
+        stopper: Early stopping's ``best``, ``best_epoch`` and ``wait``.
+    """
+
+    fingerprint: str
+    plan: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stage: str | None = None
+    epoch: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    stopper: dict[str, Any] = field(default_factory=dict)
+
+
+def save_state(output: str | os.PathLike, state: RunState, arrays: dict[str, list[Any]]) -> None:
+    """Write ``RUN_DIR/.state/`` as a whole: a new folder beside it, then a swap.
+
+    Args:
+        output: The run folder (created if needed).
+        state: The :class:`RunState`.
+        arrays: Named lists of arrays (``model``, ``optimizer``, ``best``,
+            ``baseline``), each saved as an ``.npz`` (no pickles: a state
+            folder is data).
+    """
+    import numpy as np
+
+    folder = Path(output).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    final, new, old = folder / STATE_DIR, folder / f"{STATE_DIR}.new-{os.getpid()}", folder / f"{STATE_DIR}.old"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    try:
+        for name, values in arrays.items():
+            np.savez(new / f"{name}.npz", *[np.asarray(v) for v in values])
+        (new / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+        if final.exists():
+            os.replace(final, old)
+        os.replace(new, final)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(output: str | os.PathLike | None) -> tuple[RunState, dict[str, list[Any]]] | None:
+    """The state of an unfinished run in ``output``, or ``None`` when there is none.
+
+    Raises:
+        ModelDirError: When the state folder is damaged (rerun with ``--overwrite`` to start again).
+    """
+    import numpy as np
+
+    if not output:
+        return None
+    folder = Path(output).expanduser() / STATE_DIR
+    if not (folder / "state.json").is_file() or is_finished_run(Path(output).expanduser()):
+        return None
+    try:
+        state = RunState(**json.loads((folder / "state.json").read_text()))
+        arrays = {}
+        for path in folder.glob("*.npz"):
+            with np.load(path, allow_pickle=False) as data:
+                arrays[path.stem] = [data[f"arr_{k}"] for k in range(len(data.files))]
+    except (ValueError, TypeError, OSError, KeyError) as error:
+        raise ModelDirError(f"The unfinished run's state in {str(folder)!r} is damaged ({type(error).__name__}: "
+                            f"{str(error)[:120]}). Pass --overwrite to start the run again.") from None
+    return state, arrays
+
+
+def fingerprint(recipe: Recipe, images: ImageSet) -> str:
+    """Hash of the recipe (without ``output``) and the decoded images and labels."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps({**recipe_to_dict(recipe), "output": None}, sort_keys=True).encode())
+    for array in (images.x_train, images.y_train, images.x_val, images.y_val):
+        digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
+    digest.update(json.dumps(list(images.class_names)).encode())
+    return digest.hexdigest()

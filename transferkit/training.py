@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from transferkit.cache import cache_features, cache_state
@@ -35,7 +35,7 @@ from transferkit.model import (TransferModel, compile_model, is_legacy, make_opt
 from transferkit.planner import FreezePlan
 from transferkit.schedules import gradual_steps, steps_per_epoch
 
-__all__ = ["StageResult", "StageFit", "fit_stage", "compile_stage", "train_head", "train_unfrozen",
+__all__ = ["StageResult", "StageFit", "StageResume", "FitProgress", "Checkpoint", "fit_stage", "compile_stage", "train_head", "train_unfrozen",
            "run_plan", "run_hub_plan", "better", "evaluate_stage", "verbosity", "model_head"]
 
 log = logging.getLogger("transferkit")
@@ -61,6 +61,8 @@ class StageResult:
         kept: Whether the stage's weights were kept (stage 2 is undone when
             it ends below stage 1 on the validation set).
         epoch_seconds: Wall time of each epoch (validation included).
+        resumed_from_epoch: When the run was restarted during this stage,
+            the epochs it had finished before (their time is not counted).
     """
 
     name: str
@@ -77,6 +79,7 @@ class StageResult:
     augment: str = "off"
     kept: bool = True
     epoch_seconds: list[float] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
 
 
 @dataclass
@@ -84,15 +87,17 @@ class StageFit:
     """What :func:`fit_stage` returns.
 
     Attributes:
-        rows: One history row per epoch: ``epoch``, every logged metric,
-            ``lr`` and ``seconds``.
+        rows: One history row per epoch this call ran: ``epoch``, every
+            logged metric, ``lr`` and ``seconds``.
         best_epoch: 1-based epoch whose weights were kept.
         epoch_seconds: Each epoch's wall time.
+        epochs: Epochs finished in the stage, those before a restart included.
     """
 
     rows: list[dict[str, Any]]
     best_epoch: int
     epoch_seconds: list[float]
+    epochs: int = 0
 
 
 def verbosity(verbose: int | None) -> int:
@@ -102,9 +107,40 @@ def verbosity(verbose: int | None) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+@dataclass
+class StageResume:
+    """Where a stage resumes after a restart (from the run's saved state).
+
+    Attributes:
+        epoch: Epochs already finished.
+        step: The learning-rate schedule's step reached.
+        optimizer: The optimizer's variables, in ``optimizer.variables`` order.
+        stopper: Early stopping's counters (``best``, ``best_epoch``, ``wait``).
+        best_weights: Early stopping's best weights so far.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    optimizer: list | None = None
+    stopper: dict[str, Any] = field(default_factory=dict)
+    best_weights: list | None = None
+
+
+@dataclass
+class FitProgress:
+    """A stage's state at an epoch end, handed to a ``backup`` function."""
+
+    model: Any
+    epoch: int
+    rows: list[dict[str, Any]]
+    step: int
+    stopper: Any
+
+
 def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: tuple[str, str] | None = None,
               callbacks: Sequence[Any] = (), schedule: Any = None, patience: int | None = None,
-              class_weight: dict[int, float] | None = None, verbose: int = 0) -> StageFit:
+              class_weight: dict[int, float] | None = None, verbose: int = 0, name: str = "stage",
+              resume: StageResume | None = None, backup: Any = None) -> StageFit:
     """Train a compiled model for one stage: ``fit`` with transferkit's callbacks and the user's.
 
     Works for Keras 3 and ``tf_keras`` models (Keras 3 callbacks are bridged
@@ -124,34 +160,122 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
             runs every epoch and keeps the last weights.
         class_weight: Keras ``class_weight``.
         verbose: Keras verbosity.
+        name: The stage's name, for messages.
+        resume: Continue after ``resume.epoch`` finished epochs, with the
+            optimizer, schedule and early-stopping state restored (Keras 3).
+        backup: ``backup(FitProgress)``, called at every epoch end, last.
 
     Returns:
-        The :class:`StageFit`.
+        The :class:`StageFit` (rows of the epochs this call ran).
+
+    Raises:
+        DivergenceError: When the loss became non-finite or rose 10,000-fold
+            (:class:`~transferkit.callbacks.StopOnDivergence`); the stage
+            stops at that batch.
     """
-    import keras
+    from transferkit.callbacks import (EpochBackup, LearningRateLogger, ResumableEarlyStopping, ScheduleCallback,
+                                       StageTimer, StopOnDivergence)
 
-    from transferkit.callbacks import LearningRateLogger, ScheduleCallback, StageTimer
-
-    timer = StageTimer()
-    own = [timer] + ([ScheduleCallback(schedule)] if schedule is not None else []) + [LearningRateLogger()]
+    resume = resume or StageResume()
+    if resume.optimizer is not None:
+        model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.optimizer.variables, resume.optimizer):
+            variable.assign(value)
+    timer, watch = StageTimer(), StopOnDivergence()
+    scheduler = ScheduleCallback(schedule, initial_step=resume.step) if schedule is not None else None
     stopper = None
     if patience is not None and val is not None:
-        stopper = keras.callbacks.EarlyStopping(monitor=monitor[0], mode=monitor[1], patience=patience,
-                                                restore_best_weights=True)
-    everything = own + list(callbacks) + ([stopper] if stopper is not None else [])
+        stopper = ResumableEarlyStopping(restored=(resume.stopper, resume.best_weights) if resume.stopper else None,
+                                         monitor=monitor[0], mode=monitor[1], patience=patience,
+                                         restore_best_weights=True)
+    rows: list[dict[str, Any]] = []
+
+    def record(epoch: int, logs: dict) -> None:
+        rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                     "seconds": round(timer.seconds[-1], 3) if timer.seconds else None})
+        if backup is not None and watch.diverged is None:  # a diverged epoch is never saved
+            backup(FitProgress(model, epoch + 1, rows, scheduler.step if scheduler else 0, stopper))
+
+    everything = [timer, watch] + ([scheduler] if scheduler else []) + [LearningRateLogger(), *callbacks]
+    everything += ([stopper] if stopper is not None else []) + [EpochBackup(record)]
     if is_legacy(model):
         from transferkit.compat import legacy_callbacks
 
         everything = legacy_callbacks(everything)
-    fit = model.fit(train, validation_data=val, epochs=epochs, callbacks=everything, shuffle=False,
-                    class_weight=class_weight, verbose=verbose)
-    ran = len(fit.history.get("loss", []))
-    rows = [{"epoch": e + 1, **{k: float(v[e]) for k, v in fit.history.items()},
-             "seconds": round(timer.seconds[e], 3) if e < len(timer.seconds) else None} for e in range(ran)]
-    best = ran
+    model.fit(train, validation_data=val, epochs=epochs, initial_epoch=resume.epoch, callbacks=everything,
+              shuffle=False, class_weight=class_weight, verbose=verbose)
+    if watch.diverged is not None:
+        raise _divergence(name, model, *watch.diverged)
+    best = resume.epoch + len(rows)
     if stopper is not None and stopper.best_weights is not None:
         best = stopper.best_epoch + 1
-    return StageFit(rows, int(best), [round(s, 3) for s in timer.seconds])
+    return StageFit(rows, int(best), [round(s, 3) for s in timer.seconds], resume.epoch + len(rows))
+
+
+class Checkpoint:
+    """Saves a run's state at every epoch end and stage end, and says where a restarted run resumes.
+
+    Args:
+        output: The run folder (its ``.state/`` receives the state).
+        state: The :class:`~transferkit.runs.RunState` (new, or loaded to resume).
+        arrays: Saved weights: ``model`` (the whole model), ``optimizer``,
+            ``best`` (early stopping's), ``baseline`` (stage 1's, for the
+            stage-2 guard).
+    """
+
+    def __init__(self, output: Any, state: Any, arrays: dict[str, list] | None = None):
+        self.output, self.state, self.arrays = output, state, dict(arrays or {})
+
+    def finished(self) -> dict[str, StageResult]:
+        """The stages already finished, by name."""
+        return {d["name"]: StageResult(**d) for d in self.state.stages}
+
+    def resume_for(self, name: str) -> StageResume | None:
+        """Where stage ``name`` resumes, or ``None`` when it starts afresh."""
+        if self.state.stage != name or self.state.epoch == 0:
+            return None
+        return StageResume(epoch=self.state.epoch, step=self.state.step, optimizer=self.arrays.get("optimizer"),
+                           stopper=self.state.stopper, best_weights=self.arrays.get("best") or None)
+
+    def saver(self, name: str, whole: Any, history: list) -> Any:
+        """The ``backup`` for :func:`fit_stage`: saves the state after each epoch of stage ``name``."""
+        from transferkit.runs import save_state
+
+        before = list(history)
+
+        def save(progress: FitProgress) -> None:
+            self.state.stage, self.state.epoch, self.state.step = name, progress.epoch, progress.step
+            self.state.history = before + [{"stage": name, **row} for row in progress.rows]
+            self.state.stopper = progress.stopper.state() if progress.stopper is not None else {}
+            best = progress.stopper.best_weights if progress.stopper is not None else None
+            self.arrays.update(model=whole.get_weights(), best=list(best or []),
+                               optimizer=[v.numpy() for v in progress.model.optimizer.variables])
+            save_state(self.output, self.state, self.arrays)
+
+        return save
+
+    def stage_done(self, result: StageResult, whole: Any, history: list, next_stage: str | None) -> None:
+        """Record a finished stage; the next one starts from these weights."""
+        from transferkit.runs import save_state
+
+        self.state.stages.append(asdict(result))
+        self.state.history, self.state.stage, self.state.epoch, self.state.step = list(history), next_stage, 0, 0
+        self.state.stopper = {}
+        self.arrays.update(model=whole.get_weights())
+        self.arrays.pop("optimizer", None)
+        self.arrays.pop("best", None)
+        save_state(self.output, self.state, self.arrays)
+
+
+def _divergence(name: str, model: Any, epoch: int, batch: int, loss: float) -> Exception:
+    from transferkit.callbacks import current_learning_rate
+    from transferkit.errors import DivergenceError
+
+    rate = current_learning_rate(model.optimizer)
+    return DivergenceError(
+        f"Training diverged in stage {name!r} at epoch {epoch}, batch {batch}: the loss reached {loss:.3g} "
+        f"at a learning rate of {rate:.3g}. Nothing was saved. Try a learning rate ten times lower "
+        f"(--learning-rate / --fine-tune-learning-rate {rate / 10:.1g}), or check the labels and images.")
 
 
 def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: float, feature_seconds: float,
@@ -160,7 +284,7 @@ def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: f
     """A stage's :class:`StageResult`, its validation scores measured on the compiled ``model``."""
     result = model.evaluate(val, verbose=0, return_dict=True)
     accuracy = result.get("accuracy", result.get("binary_accuracy"))
-    return StageResult(name=name, epochs=len(fit.rows), best_epoch=fit.best_epoch,
+    return StageResult(name=name, epochs=fit.epochs or len(fit.rows), best_epoch=fit.best_epoch,
                        seconds=round(time.perf_counter() - started, 2), feature_seconds=round(feature_seconds, 2),
                        feature_cache=cache, val_accuracy=None if accuracy is None else round(float(accuracy), 4),
                        val_loss=round(float(result["loss"]), 4), trainable_params=trainable,
@@ -206,7 +330,7 @@ def _stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: s
 def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, name: str, groups: int,
                  epochs: int, learning_rate: float, decay: bool, augment: AugmentConfig | None,
                  rates: dict[str, float] | None, verbose: int | None, history: list,
-                 callbacks: Sequence[Any]) -> StageResult:
+                 callbacks: Sequence[Any], checkpoint: Checkpoint | None = None) -> StageResult:
     """One stage of a registry model: unfreeze, cache below the cut, compile, fit, evaluate."""
     import keras
 
@@ -224,18 +348,22 @@ def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, nam
                             augment=augment)
     val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
+    resume = checkpoint.resume_for(name) if checkpoint else None
     fit = fit_stage(model, train_ds, val_ds, epochs=epochs, monitor=transfer.task.monitor, callbacks=callbacks,
-                    schedule=schedule, patience=recipe.patience, class_weight=weights, verbose=verbosity(verbose))
+                    schedule=schedule, patience=recipe.patience, class_weight=weights, verbose=verbosity(verbose),
+                    name=name, resume=resume,
+                    backup=checkpoint.saver(name, transfer.model, history) if checkpoint else None)
     history.extend({"stage": name, **row} for row in fit.rows)
-    return evaluate_stage(model, val_ds, name=name, fit=fit, started=started, feature_seconds=feature_seconds,
-                          cache=state, learning_rate=learning_rate, unfrozen=unfrozen,
-                          augment=augment is not None, trainable=trainable_params(transfer.model))
+    result = evaluate_stage(model, val_ds, name=name, fit=fit, started=started, feature_seconds=feature_seconds,
+                            cache=state, learning_rate=learning_rate, unfrozen=unfrozen,
+                            augment=augment is not None, trainable=trainable_params(transfer.model))
+    return replace(result, resumed_from_epoch=resume.epoch if resume else None)
 
 
 def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epochs: int | None = None,
                learning_rate: float | None = None, augment: AugmentConfig | str | None = None,
                verbose: int | None = None, history: list | None = None,
-               callbacks: Sequence[Any] = ()) -> StageResult:
+               callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> StageResult:
     """Stage 1: train the head on the frozen backbone.
 
     Args:
@@ -249,6 +377,7 @@ def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epoch
         verbose: Keras verbosity; defaults to progress bars on a terminal.
         history: List that receives one row per epoch.
         callbacks: Extra Keras callbacks.
+        checkpoint: Saves the state each epoch; resumes where it says.
 
     Returns:
         The stage's :class:`StageResult`.
@@ -257,14 +386,15 @@ def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epoch
                         epochs=recipe.epochs if epochs is None else epochs,
                         learning_rate=learning_rate or recipe.learning_rate, decay=False, rates=None,
                         augment=augment_config(recipe.augment if augment is None else augment),
-                        verbose=verbose, history=history if history is not None else [], callbacks=callbacks)
+                        verbose=verbose, history=history if history is not None else [], callbacks=callbacks,
+                        checkpoint=checkpoint)
 
 
 def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, groups: int, *,
                    rates: dict[str, float] | None = None, epochs: int | None = None,
                    learning_rate: float | None = None, augment: AugmentConfig | str | None = None,
                    name: str = "fine_tune", verbose: int | None = None, history: list | None = None,
-                   callbacks: Sequence[Any] = ()) -> StageResult:
+                   callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> StageResult:
     """Stage 2: unfreeze the top ``groups`` groups and train at a low, cosine-decaying rate.
 
     Args:
@@ -282,6 +412,7 @@ def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, grou
         verbose: Keras verbosity.
         history: List that receives one row per epoch.
         callbacks: Extra Keras callbacks.
+        checkpoint: Saves the state each epoch; resumes where it says.
 
     Returns:
         The stage's :class:`StageResult`.
@@ -291,7 +422,8 @@ def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, grou
                         epochs=recipe.fine_tune_epochs if epochs is None else epochs,
                         learning_rate=peak, decay=True, rates=rates,
                         augment=augment_config(recipe.augment if augment is None else augment),
-                        verbose=verbose, history=history if history is not None else [], callbacks=callbacks)
+                        verbose=verbose, history=history if history is not None else [], callbacks=callbacks,
+                        checkpoint=checkpoint)
 
 
 def better(stage: StageResult, baseline: StageResult, monitor: tuple[str, str]) -> bool:
@@ -303,7 +435,7 @@ def better(stage: StageResult, baseline: StageResult, monitor: tuple[str, str]) 
 
 def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: FreezePlan, *,
              verbose: int | None = None, history: list | None = None,
-             callbacks: Sequence[Any] = ()) -> list[StageResult]:
+             callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> list[StageResult]:
     """Train ``transfer`` as ``plan`` says: head, then the fine-tuned groups.
 
     Stage 2 starts from stage 1's best weights; when it ends below them on
@@ -318,28 +450,43 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
         verbose: Keras verbosity.
         history: List that receives one row per epoch.
         callbacks: Extra Keras callbacks, passed to every stage.
+        checkpoint: Saves the run's state each epoch (``RUN_DIR/.state/``)
+            and, when it was loaded from one, skips the finished stages and
+            resumes the current one after its last finished epoch.
 
     Returns:
         The stages run, in order.
     """
     history = history if history is not None else []
     augment = recipe.augment if plan.augment == "custom" else plan.augment
+    done = checkpoint.finished() if checkpoint else {}
+    if checkpoint and "model" in checkpoint.arrays:  # resuming: the weights of the last finished epoch
+        transfer.model.set_weights(checkpoint.arrays["model"])
+        history[:] = checkpoint.state.history
+    common = dict(augment=augment, verbose=verbose, history=history, callbacks=callbacks, checkpoint=checkpoint)
+    count = len(plan.fine_tuned)
+    steps = gradual_steps(count, plan.fine_tune_epochs) if plan.gradual else [(count, plan.fine_tune_epochs)]
+    names = ([f"fine_tune_{k + 1}" for k in range(len(steps))] if len(steps) > 1 else ["fine_tune"])
+    names = names if plan.fine_tune_epochs > 0 and count else []
     stages: list[StageResult] = []
     if plan.epochs > 0:
-        stages.append(train_head(transfer, images, recipe, epochs=plan.epochs, learning_rate=plan.learning_rate,
-                                 augment=augment, verbose=verbose, history=history, callbacks=callbacks))
-    count = len(plan.fine_tuned)
-    if plan.fine_tune_epochs <= 0 or count == 0:
+        stages.append(done.get("head") or train_head(transfer, images, recipe, epochs=plan.epochs,
+                                                     learning_rate=plan.learning_rate, **common))
+        if checkpoint and "head" not in done:
+            checkpoint.stage_done(stages[-1], transfer.model, history, names[0] if names else None)
+    if not names:
         return stages
     baseline = stages[-1] if stages else None
-    before = transfer.model.get_weights() if baseline else None
-    steps = gradual_steps(count, plan.fine_tune_epochs) if plan.gradual else [(count, plan.fine_tune_epochs)]
+    if checkpoint and "baseline" not in checkpoint.arrays:
+        checkpoint.arrays["baseline"] = transfer.model.get_weights()
+    before = checkpoint.arrays["baseline"] if checkpoint else transfer.model.get_weights() if baseline else None
     second = []
-    for k, (groups, epochs) in enumerate(steps):
-        name = f"fine_tune_{k + 1}" if len(steps) > 1 else "fine_tune"
-        second.append(train_unfrozen(transfer, images, recipe, groups, rates=plan.group_learning_rates,
-                                     epochs=epochs, augment=augment, name=name, verbose=verbose,
-                                     history=history, callbacks=callbacks))
+    for k, ((groups, epochs), name) in enumerate(zip(steps, names)):
+        second.append(done.get(name) or train_unfrozen(transfer, images, recipe, groups,
+                                                       rates=plan.group_learning_rates, epochs=epochs, name=name,
+                                                       **common))
+        if checkpoint and name not in done and k + 1 < len(names):
+            checkpoint.stage_done(second[-1], transfer.model, history, names[k + 1])
     if baseline is not None and not better(second[-1], baseline, transfer.task.monitor):
         transfer.model.set_weights(before)
         second = [replace(stage, kept=False) for stage in second]
@@ -368,7 +515,7 @@ def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Re
     val_ds = make_dataset(f_val, images.y_val, batch_size=batch)
     weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
     fit = fit_stage(head_model, train_ds, val_ds, epochs=plan.epochs, monitor=task.monitor, callbacks=callbacks,
-                    patience=recipe.patience, class_weight=weights, verbose=verbose)
+                    patience=recipe.patience, class_weight=weights, verbose=verbose, name="head")
     history.extend({"stage": "head", **row} for row in fit.rows)
     return evaluate_stage(head_model, val_ds, name="head", fit=fit, started=started,
                           feature_seconds=feature_seconds, cache=state, learning_rate=plan.learning_rate,
@@ -398,7 +545,7 @@ def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, pla
     weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
     fit = fit_stage(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs, monitor=task.monitor,
                     callbacks=callbacks, schedule=keras.optimizers.schedules.CosineDecay(rate, steps),
-                    patience=recipe.patience, class_weight=weights, verbose=verbose)
+                    patience=recipe.patience, class_weight=weights, verbose=verbose, name="fine_tune")
     history.extend({"stage": "fine_tune", **row} for row in fit.rows)
     return tuned, evaluate_stage(tuned, val_ds, name="fine_tune", fit=fit, started=started, feature_seconds=0.0,
                                  cache="off: the backbone trains", learning_rate=rate, unfrozen=["hub"],

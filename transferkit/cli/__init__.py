@@ -64,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head`
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: rerun the same command to resume a finetune run after its last finished epoch "
+              "(kept in OUTPUT/.state/); finished runs are untouched.", file=sys.stderr)
+        return 130
     except TransferkitError as error:
         if debug:
             raise

@@ -36,6 +36,8 @@ def register(commands) -> argparse.ArgumentParser:
                       help="compute in 16 bits (float32 weights and outputs)")
     tune.add_argument("--jit-compile", action="store_true", help="compile training steps with XLA")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="replace a finished run in --output (only once the new one is complete)")
     tune.add_argument("-q", "--quiet", action="store_true", help="one line per epoch, no progress bars")
     return tune
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from transferkit.finetune import finetune
 
-    result = finetune(data, recipe=recipe, verbose=2 if args.quiet else None)
+    result = finetune(data, recipe=recipe, verbose=2 if args.quiet else None, overwrite=args.overwrite)
     metrics = result.metrics
     print(result.plan.explain())
     for stage in metrics["stages"]:

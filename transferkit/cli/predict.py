@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["register", "run"]
 
@@ -17,10 +18,17 @@ def register(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print each image's top classes; returns the exit status."""
+    """Print each image's top classes (unreadable images named on stderr); exit 1 if any was unreadable."""
     from transferkit.predict import predict
 
-    for prediction in predict(args.model_dir, args.images, top=args.top):
+    predictions = predict(args.model_dir, args.images, top=args.top, skip_unreadable=True)
+    for prediction in predictions:
+        if prediction.error:
+            print(f"{prediction.path}: error: {prediction.error}", file=sys.stderr)
+            continue
         ranked = ", ".join(f"{name} {prob:.3f}" for name, prob in prediction.top)
         print(f"{prediction.path}: {ranked}")
-    return 0
+    failed = sum(1 for p in predictions if p.error)
+    if failed:
+        print(f"error: {failed} of {len(predictions)} images could not be read (see above).", file=sys.stderr)
+    return 1 if failed else 0

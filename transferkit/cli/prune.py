@@ -42,6 +42,8 @@ def register(commands) -> argparse.ArgumentParser:
                          help="BatchNorm while pruning (default recalibrate: batch statistics, then recomputed)")
     pruning.add_argument("--quantize", action="store_true", help="dynamic-range quantised model.tflite")
     pruning.add_argument("--summaries", help="folder for TF-MOT's TensorBoard pruning summaries")
+    pruning.add_argument("--overwrite", action="store_true",
+                      help="replace a finished run in --output (only once the new one is complete)")
     pruning.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
     return pruning
 
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from transferkit.prune import prune
 
     result = prune(args.run_dir, args.data, output=args.output, verbose=0 if args.quiet else 2,
+                   overwrite=args.overwrite,
                    target_sparsity=args.target_sparsity, initial_sparsity=args.initial_sparsity,
                    epochs=args.epochs, learning_rate=args.learning_rate, schedule=args.schedule,
                    structure=args.structure, layers=tuple(args.layers) if args.layers else None,
