@@ -87,7 +87,7 @@ def _export(tmp_path, name, units, pooled=True):
 
 
 def test_a_saved_model_that_is_not_a_feature_vector_is_refused(tmp_path, hub_folder):
-    from transferkit.hub import check_image_size, load_hub
+    from transferkit.hub import hub_image_size, load_hub
 
     with pytest.raises(RecipeError, match="ImageNet classification logits"):
         load_hub(f"hub:{_export(tmp_path, 'logits', 1001)}")
@@ -96,7 +96,7 @@ def test_a_saved_model_that_is_not_a_feature_vector_is_refused(tmp_path, hub_fol
     hub = load_hub(f"hub:{hub_folder}", input_range="-1,1")
     assert hub.input_range == (-1.0, 1.0) and hub.range_source == "you"
     with pytest.raises(RecipeError, match="takes 224x224 images .* got image_size 96"):
-        check_image_size(hub, 96)
+        hub_image_size(hub, 96)
 
 
 def test_an_opaque_backbone_is_frozen_on_small_data_and_fine_tuned_whole_on_large():

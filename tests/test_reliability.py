@@ -43,6 +43,7 @@ def _recipe_file(tmp_path, text):
     (["--learning-rate", "-1"], "learning_rate must be a number > 0"),
     (["--fine-tune-learning-rate", "0"], "fine_tune_learning_rate must be a number > 0"),
     (["--image-size", "16"], "image_size must be an integer >= 32"),
+    (["--image-size", "64", "--backbone", "inception_v3"], "inception_v3 needs inputs of at least 75 px"),
     (["--epochs", "-1"], "epochs must be an integer >= 0"),
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
     (["--val-split", "1.5"], "val_split must be a number > 0 and < 1"),
@@ -318,3 +319,4 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys, tmp_path):
     assert main(["finetune", str(tmp_path), "--output", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted:") and err.count("\n") == 1 and "Traceback" not in err
+    assert err.strip().endswith(f"transferkit finetune {tmp_path} --output {tmp_path / 'run'}")

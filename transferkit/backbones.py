@@ -47,7 +47,7 @@ def check_image_size(spec: BackboneSpec, size: int, include_top: bool = False) -
     if size < spec.min_size:
         raise RecipeError(
             f"{spec.name} needs inputs of at least {spec.min_size} px, got {size}. "
-            f"Use --image-size {max(spec.min_size, 96)} or more."
+            f"Use --image-size {spec.min_size} or more."
         )
     if include_top and size != spec.default_size:
         raise RecipeError(

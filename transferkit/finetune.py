@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transferkit.config import Recipe
+from transferkit.backbones import check_image_size
 from transferkit.data import ImageSet, load_image_folder, scan_folder
 from transferkit.errors import RecipeError, RunExistsError
 from transferkit.heads import task_spec
-from transferkit.hub import HubBackbone, check_image_size, export_saved_model, frozen_model, load_hub, load_saved_model
+from transferkit.hub import HubBackbone, export_saved_model, hub_image_size, frozen_model, load_hub, load_saved_model
 from transferkit.measure import folder_resolution
 from transferkit.model import build_model, compile_model, set_seed, unfreeze
 from transferkit.planner import FreezePlan
@@ -124,10 +125,10 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
     if is_hub(recipe.backbone):
         spec = load_hub(recipe.backbone, input_range=recipe.hub_range, allow_download=recipe.allow_download,
                         registry=registry)
-        size = check_image_size(spec, recipe.image_size)
+        size = hub_image_size(spec, recipe.image_size)
     else:
         spec = get_backbone(recipe.backbone, registry)
-        size = recipe.image_size or spec.default_size
+        size = check_image_size(spec, recipe.image_size or spec.default_size)
     recipe = recipe.replace(image_size=size)
     resolution = None
     if isinstance(data, ImageSet):

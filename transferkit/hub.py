@@ -56,7 +56,7 @@ from transferkit.errors import RecipeError, TransferkitError
 from transferkit.registry import HUB_PREFIX, HUB_RANGES, REGISTRY, is_hub
 
 __all__ = ["HubBackbone", "HubNotFoundError", "HUB_PREFIX", "is_hub", "hub_cache_dir", "resolve_hub",
-           "load_hub", "frozen_model", "head_layers", "backbone_params", "check_image_size",
+           "load_hub", "frozen_model", "head_layers", "backbone_params", "hub_image_size",
            "export_saved_model", "load_saved_model", "RANGES"]
 
 log = logging.getLogger("transferkit")
@@ -254,7 +254,7 @@ def load_hub(backbone: str, *, input_range: str | None = None, allow_download: b
                        input_key, output_key)
 
 
-def check_image_size(hub: HubBackbone, image_size: int | None) -> int:
+def hub_image_size(hub: HubBackbone, image_size: int | None) -> int:
     """The input side to use: the signature's when fixed (a different request is an error)."""
     if hub.image_size is None:
         if image_size is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -67,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted: rerun the same command to resume a finetune run after its last finished epoch "
-              "(kept in OUTPUT/.state/); finished runs are untouched.", file=sys.stderr)
+        command = shlex.join(["transferkit", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted: a finetune run resumes after its last finished epoch (kept in OUTPUT/.state/) "
+              f"when you run it again: {command}", file=sys.stderr)
         return 130
     except TransferkitError as error:
         if debug:
