@@ -75,8 +75,16 @@ def test_recipe_values_of_the_wrong_type_are_named(text, needle, tmp_path):
 
 
 def test_numpy_numbers_in_the_python_api_become_plain_numbers():
-    recipe = Recipe(learning_rate=np.float64(3e-3), epochs=np.int64(4))
-    assert type(recipe.learning_rate) is float and type(recipe.epochs) is int
+    from transferkit.config import HeadConfig
+    from transferkit.runs import check_writable
+
+    recipe = Recipe(learning_rate=np.float64(3e-3), epochs=np.int64(4), class_weight=np.bool_(True),
+                    variant={"alpha": np.float32(0.35)}, head=HeadConfig(dropout=np.float32(0.25), dense=(np.int64(8),)))
+    assert type(recipe.learning_rate) is float and type(recipe.epochs) is int and recipe.class_weight is True
+    assert type(recipe.variant["alpha"]) is float and type(recipe.head.dense[0]) is int
+    check_writable(recipe)  # YAML can write it
+    with pytest.raises(RecipeError, match="cannot be saved"):
+        check_writable(Recipe(variant={"alpha": object()}))
 
 
 @pytest.mark.parametrize("variable, value, error", [
@@ -137,7 +145,12 @@ def test_a_folder_with_other_files_is_not_used_as_output(tmp_path):
     from transferkit.runs import check_output
 
     (tmp_path / "thesis.tex").write_text("years of work")
-    with pytest.raises(RunExistsError, match="not a transferkit run"):
+    with pytest.raises(RunExistsError, match="holds files transferkit did not write"):
+        check_output(tmp_path, overwrite=True)
+    (tmp_path / "thesis.tex").unlink()
+    (tmp_path / "model.keras").write_text("the user's own model")
+    (tmp_path / "notes").mkdir()  # a model.keras beside other things is not a run folder either
+    with pytest.raises(RunExistsError, match=r"did not write \(notes\)"):
         check_output(tmp_path, overwrite=True)
     check_output(tmp_path / "new")  # a new folder is fine, and nothing is created yet
     assert not (tmp_path / "new").exists()
@@ -257,7 +270,7 @@ def test_predict_prints_every_readable_image_and_names_the_bad_ones(run_dir, tmp
 def test_divergence_stops_the_run_and_writes_nothing(tiny, mobilenet_v2_h5, tmp_path):
     from transferkit import finetune
 
-    with pytest.raises(DivergenceError, match=r"diverged in stage 'head' at epoch 1.*Nothing was saved"):
+    with pytest.raises(DivergenceError, match=r"diverged in stage 'head' at epoch 1.*No model or metrics were written"):
         finetune(tiny, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
                  epochs=3, fine_tune_epochs=0, plan="none", learning_rate=1e6, output=tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
@@ -284,6 +297,10 @@ def test_overwrite_replaces_the_whole_run_and_a_failed_save_restores_the_old_one
     save_run(folder, model=model, record=record, history=[], recipe=recipe, overwrite=True)
     assert not (folder / "model.tflite").exists() and (folder / "metrics.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+    assert sorted(p.name for p in folder.iterdir()) == ["history.csv", "metrics.json", "model.keras", "recipe.yaml"]
+    monkeypatch.chdir(folder)  # the working folder itself as the output: replaced in place, never renamed
+    save_run(".", model=model, record=record, history=[], recipe=recipe, overwrite=True)
+    assert (folder / "metrics.json").is_file() and not list(folder.glob(".old-*"))
 
 
 def test_a_value_yaml_cannot_write_fails_before_any_file_is_touched(run_dir, tmp_path):
@@ -320,3 +337,23 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("interrupted:") and err.count("\n") == 1 and "Traceback" not in err
     assert err.strip().endswith(f"transferkit finetune {tmp_path} --output {tmp_path / 'run'}")
+
+
+def test_plan_ignores_the_output_folder_it_does_not_write(tiny, mobilenet_v2_h5, tmp_path):
+    from transferkit import plan
+
+    (tmp_path / "metrics.json").write_text("{}")  # a finished run there does not stop a plan
+    result = plan(tiny, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
+                  plan="none", output=str(tmp_path))
+    assert result.quadrant
+
+
+def test_pruning_on_data_with_other_classes_is_refused_before_training(run_dir, tmp_path):
+    from transferkit.prune import prune
+
+    for name in ("cat", "dog"):
+        _image(tmp_path / "data" / name / "a.png")
+        _image(tmp_path / "data" / name / "b.png")
+    with pytest.raises(DataError, match="would relabel the model"):
+        prune(run_dir, tmp_path / "data", output=tmp_path / "pruned", epochs=1)
+    assert not (tmp_path / "pruned").exists()

@@ -1,6 +1,7 @@
 """The one training loop: user callbacks reach every stage of every flavour."""
 
 import numpy as np
+import pytest
 
 from transferkit.config import Recipe
 
@@ -72,3 +73,78 @@ def test_finetune_passes_user_callbacks_into_both_stages_on_the_hub_backbone(tin
                       batch_size=8, patience=5, callbacks=[recorder, _scheduler()], verbose=0)
     _assert_both_acted(recorder, result, 2)
     assert result.metrics["jit_compile"] == "auto" and result.metrics["weights"]["path"] == str(hub_folder)
+
+
+def _toy_fit(schedule, epochs=8, callbacks=(), **compile_options):
+    import keras
+    import tensorflow as tf
+
+    from transferkit.training import fit_stage
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2, **compile_options), loss="sparse_categorical_crossentropy")
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)  # 4 steps per epoch
+    fit = fit_stage(model, train, None, epochs=epochs, schedule=schedule, callbacks=list(callbacks))
+    return model, [row["lr"] for row in fit.rows]
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine", "one-cycle", "sgdr", "exponential", "power", "piecewise"])
+def test_each_schedule_gives_the_lr_column_its_shape(kind):
+    from transferkit.config import ScheduleConfig
+    from transferkit.training import make_schedule
+
+    schedule, extra = make_schedule(ScheduleConfig(kind=kind), 1e-2, epochs=8, steps=4, monitor=("loss", "min"))
+    assert extra == []
+    _, lr = _toy_fit(schedule)
+    falls = all(a > b for a, b in zip(lr, lr[1:]))
+    if kind == "constant":
+        assert lr == pytest.approx([1e-2] * 8)
+    elif kind in ("cosine", "exponential", "power"):
+        assert falls and lr[-1] < 0.1 * lr[0]
+    elif kind == "one-cycle":
+        top = lr.index(max(lr))
+        assert 1 <= top <= 3 and lr[-1] < lr[0] < lr[top]  # rises, then falls below where it began
+    elif kind == "sgdr":
+        restarts = sum(1 for a, b in zip(lr, lr[1:]) if b > a)
+        assert restarts == 2 and max(lr) <= 1e-2  # 3 cycles: 2 warm restarts
+    else:  # piecewise: 1, 0.1, 0.01 of the rate at half and three quarters of the stage
+        assert sorted(set(round(r, 6) for r in lr), reverse=True) == [1e-2, 1e-3, 1e-4]
+
+
+def test_plateau_is_keras_reduce_lr_on_plateau():
+    import keras
+
+    from transferkit.config import ScheduleConfig
+    from transferkit.training import make_schedule
+
+    schedule, extra = make_schedule(ScheduleConfig(kind="plateau", patience=3, factor=0.2), 1e-2, epochs=8, steps=4,
+                                    monitor=("val_loss", "min"))
+    assert schedule is None and isinstance(extra[0], keras.callbacks.ReduceLROnPlateau)
+    assert (extra[0].patience, extra[0].factor, extra[0].monitor) == (3, 0.2, "val_loss")
+
+
+def test_label_smoothing_changes_the_loss_and_weight_decay_respects_a_zero_factor():
+    import keras
+
+    from transferkit.heads import task_spec
+    from transferkit.model import compile_model
+    from transferkit.optim import DiscriminativeAdam
+
+    task = task_spec("multiclass", 3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="out")])
+    y, p = np.array([0, 1]), np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]], "float32")
+    compile_model(model, task, label_smoothing=0.1)
+    smoothed = float(model.loss(y, p))
+    reference = float(keras.losses.categorical_crossentropy(np.eye(3)[y], p, label_smoothing=0.1).numpy().mean())
+    assert smoothed == pytest.approx(reference, rel=1e-5) and smoothed > float(
+        keras.losses.sparse_categorical_crossentropy(y, p).numpy().mean())
+    frozen = {v.path: 0.0 for v in model.trainable_weights}
+    before = [w.copy() for w in model.get_weights()]
+    compile_model(model, task, optimizer=DiscriminativeAdam(1e-1, factors=frozen, weight_decay=0.5))
+    model.fit(np.ones((4, 4), "float32"), np.array([0, 1, 2, 0]), epochs=2, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # decay at the variable's own rate: 0 stays 0

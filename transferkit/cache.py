@@ -74,8 +74,9 @@ def predict_batches(model: Any, x: Any, batch_size: int) -> Any:
 def predict_to_disk(model: Any, x: Any, batch_size: int) -> Any:
     """``model``'s outputs on ``x``, written chunk by chunk into memory-mapped ``.npy`` files.
 
-    The files are unlinked as soon as they are mapped: the data lives until the
-    arrays are garbage-collected.
+    The files are unlinked as soon as they are mapped, before any is
+    written: the data lives until the arrays are garbage-collected, and a
+    process killed during the pass leaves nothing behind.
 
     Args:
         model: A Keras model.
@@ -83,31 +84,24 @@ def predict_to_disk(model: Any, x: Any, batch_size: int) -> Any:
         batch_size: Batch size.
 
     Returns:
-        Read-only memory-mapped arrays (a list for several outputs).
+        Memory-mapped arrays (a list for several outputs).
     """
     folder = tempfile.mkdtemp(prefix="transferkit-features-", dir=os.environ.get(CACHE_DIR_ENV))
-    arrays = [np.lib.format.open_memmap(os.path.join(folder, f"{k}.npy"), mode="w+", dtype=np.float32,
-                                        shape=(len(x), *[int(d) for d in t.shape[1:]]))
-              for k, t in enumerate(model.outputs)]
+    arrays = []
+    try:
+        for k, t in enumerate(model.outputs):
+            path = os.path.join(folder, f"{k}.npy")
+            arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                    shape=(len(x), *[int(d) for d in t.shape[1:]])))
+            os.unlink(path)  # mapped: the data lives as long as the array, and a killed process leaves nothing
+    finally:
+        os.rmdir(folder)
     chunk = max(batch_size, 1024)
     for start in range(0, len(x), chunk):
         result = predict_batches(model, x[start:start + chunk], batch_size)
         for array, part in zip(arrays, result if isinstance(result, list) else [result]):
             array[start:start + len(part)] = np.asarray(part, dtype=np.float32)
-    mapped = []
-    for k, array in enumerate(arrays):
-        array.flush()
-        path = os.path.join(folder, f"{k}.npy")
-        mapped.append(np.load(path, mmap_mode="r"))
-        try:
-            os.unlink(path)
-        except OSError:  # pragma: no cover - Windows keeps mapped files; the temp dir stays
-            pass
-    try:
-        os.rmdir(folder)
-    except OSError:  # pragma: no cover
-        pass
-    return mapped if len(mapped) > 1 else mapped[0]
+    return arrays if len(arrays) > 1 else arrays[0]
 
 
 def cache_state(*, augment: bool, enabled: bool, cut: str | None) -> str:

@@ -6,7 +6,9 @@
   The optimizer itself holds a plain number, so other callbacks may set the
   learning rate too (``keras.callbacks.LearningRateScheduler``,
   ``ReduceLROnPlateau``): when one does, the schedule hands over to it for
-  the rest of the stage, and says so once.
+  the rest of the stage, and says so once. It looks at the start of each
+  epoch (where those callbacks act); a callback that sets the rate after
+  every batch is overridden until the next epoch begins.
 * :class:`StopOnDivergence` stops a stage at the first batch whose loss is
   not finite or has risen 10,000-fold (from at least 1).
 * :class:`ResumableEarlyStopping` is Keras's ``EarlyStopping`` whose

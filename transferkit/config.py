@@ -24,7 +24,8 @@ from typing import Any, Mapping
 from transferkit.errors import DataError, RecipeError
 from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 
-__all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "load_recipe", "recipe_to_dict",
+__all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "ScheduleConfig", "schedule_config",
+           "SCHEDULE_KINDS", "load_recipe", "recipe_to_dict",
            "augment_config", "check_number", "check_bool", "check_text", "DEMO_RECIPE", "PLANS", "SIMILARITIES",
            "TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS"]
 
@@ -46,6 +47,27 @@ POOLINGS = ("avg", "max", "flatten")
 MIN_IMAGE_SIZE = 32
 #: Flip modes of :class:`AugmentConfig` (``""`` is none).
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "")
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python number it holds; anything else as it is."""
+    import numbers
+
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b":  # a NumPy bool
+        return bool(value)
+    if isinstance(value, bool) or type(value) in (int, float) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def _plain_numbers(config: Any) -> None:
+    """Turn NumPy scalars in a frozen config into Python numbers (so YAML and JSON can write them)."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, tuple):
+            object.__setattr__(config, item.name, tuple(_plain(v) for v in value))
+        elif _plain(value) is not value:
+            object.__setattr__(config, item.name, _plain(value))
 
 
 def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -126,6 +148,7 @@ class HeadConfig:
     activation: str = "relu"
 
     def __post_init__(self):
+        _plain_numbers(self)
         if self.pooling not in POOLINGS:
             raise RecipeError(f"head pooling must be one of {POOLINGS}, got {self.pooling!r}.")
         check_number("head.dropout", self.dropout, low=0, high=1, high_open=True)
@@ -153,6 +176,7 @@ class AugmentConfig:
     contrast: float = 0.1
 
     def __post_init__(self):
+        _plain_numbers(self)
         if self.flip not in FLIPS:
             raise RecipeError(f"augment.flip must be one of {', '.join(repr(f) for f in FLIPS)} ('' for none), "
                               f"got {self.flip!r}.")
@@ -302,6 +326,79 @@ class PruneConfig:
         return out
 
 
+#: Learning-rate schedules of a stage (``plateau`` is Keras's ``ReduceLROnPlateau`` callback).
+SCHEDULE_KINDS = ("constant", "cosine", "one-cycle", "sgdr", "exponential", "power", "piecewise", "plateau")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A stage's learning-rate schedule; every kind starts from (or peaks at) the stage's rate.
+
+    Attributes:
+        kind: One of :data:`SCHEDULE_KINDS`.
+        warmup: ``one-cycle``: share of the stage spent rising to the peak.
+        cycles: ``sgdr``: number of warm-restart cycles filling the stage.
+        cycle_mult: ``sgdr``: each cycle this many times longer than the last.
+        decay: ``exponential``: the rate's factor by the end of the stage;
+            ``power``: the end rate as a share of the start.
+        power: ``power``: exponent of the polynomial decay.
+        boundaries: ``piecewise``: stage fractions where the rate steps down.
+        values: ``piecewise``: multipliers of the rate, one more than the boundaries.
+        patience: ``plateau``: epochs without improvement before a cut.
+        factor: ``plateau``: the cut's factor.
+    """
+
+    kind: str = "cosine"
+    warmup: float = 0.3
+    cycles: int = 3
+    cycle_mult: float = 1.0
+    decay: float = 0.01
+    power: float = 1.0
+    boundaries: tuple[float, ...] = (0.5, 0.75)
+    values: tuple[float, ...] = (1.0, 0.1, 0.01)
+    patience: int = 2
+    factor: float = 0.5
+
+    def __post_init__(self):
+        _plain_numbers(self)
+        if self.kind not in SCHEDULE_KINDS:
+            raise RecipeError(f"schedule must be one of {', '.join(SCHEDULE_KINDS)}, got {self.kind!r}.")
+        check_number("schedule.warmup", self.warmup, low=0, high=1, low_open=True, high_open=True)
+        check_number("schedule.cycles", self.cycles, low=1, integer=True)
+        check_number("schedule.cycle_mult", self.cycle_mult, low=1)
+        check_number("schedule.decay", self.decay, low=0, high=1, low_open=True)
+        check_number("schedule.power", self.power, low=0, low_open=True)
+        check_number("schedule.patience", self.patience, low=1, integer=True)
+        check_number("schedule.factor", self.factor, low=0, high=1, low_open=True, high_open=True)
+        object.__setattr__(self, "boundaries", tuple(self.boundaries))
+        object.__setattr__(self, "values", tuple(self.values))
+        if len(self.values) != len(self.boundaries) + 1 or list(self.boundaries) != sorted(self.boundaries) \
+                or any(not 0 < b < 1 for b in self.boundaries):
+            raise RecipeError(f"schedule.boundaries must be increasing stage fractions in (0, 1) and "
+                              f"schedule.values one longer, got {list(self.boundaries)} and {list(self.values)}.")
+
+
+def schedule_config(value: "ScheduleConfig | str | Mapping | None", default: str) -> ScheduleConfig:
+    """A schedule from a kind's name, a mapping of its fields, or a config; ``None`` gives ``default``.
+
+    Raises:
+        RecipeError: For an unknown kind or field.
+    """
+    if value is None:
+        return ScheduleConfig(kind=default)
+    if isinstance(value, ScheduleConfig):
+        return value
+    if isinstance(value, str):
+        return ScheduleConfig(kind=value)
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(ScheduleConfig)}
+        bad = sorted(set(value) - known)
+        if bad:
+            raise RecipeError(f"Unknown schedule key(s) {', '.join(bad)}; known: {', '.join(sorted(known))}.")
+        return ScheduleConfig(**value)
+    raise RecipeError(f"A schedule is a kind ({', '.join(SCHEDULE_KINDS)}) or a mapping, got {value!r}.")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of a ``transferkit finetune`` run.
@@ -353,6 +450,13 @@ class Recipe:
             TF-Hub convention ``[0, 1]``.
         prune: End the run with magnitude pruning
             (:class:`~transferkit.prune.PruneConfig`); ``None`` does not prune.
+        schedule: Stage 2's learning-rate schedule (:class:`ScheduleConfig`;
+            a kind's name is enough). Defaults to cosine decay.
+        head_schedule: Stage 1's. Defaults to constant.
+        label_smoothing: Share of each label spread over the other classes
+            (multi-class and binary tasks).
+        weight_decay: Decoupled weight decay (AdamW), also with per-group rates.
+        clip_norm: Clip each gradient to this norm.
     """
 
     data: str | None = None
@@ -385,9 +489,20 @@ class Recipe:
     jit_compile: bool | None = None
     hub_range: str | None = None
     prune: PruneConfig | None = None
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    head_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant"))
+    label_smoothing: float = 0.0
+    weight_decay: float | None = None
+    clip_norm: float | None = None
 
     def __post_init__(self):
         _plain_numbers(self)
+        object.__setattr__(self, "schedule", schedule_config(self.schedule, "cosine"))
+        object.__setattr__(self, "head_schedule", schedule_config(self.head_schedule, "constant"))
+        check_number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        for name in ("weight_decay", "clip_norm"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), low=0, low_open=True)
         _check_int("epochs", self.epochs, 0)
         _check_int("fine_tune_epochs", self.fine_tune_epochs, 0)
         _check_int("batch_size", self.batch_size, 1)
@@ -411,6 +526,7 @@ class Recipe:
         if not isinstance(self.variant, Mapping):
             raise RecipeError(f"variant must be a mapping of backbone arguments, e.g. {{alpha: 0.35}}, "
                               f"got {self.variant!r}.")
+        object.__setattr__(self, "variant", {str(k): _plain(v) for k, v in self.variant.items()})
         if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
             raise RecipeError(f"mixed_precision must be one of {PRECISIONS} or absent, got {self.mixed_precision!r}.")
         if self.plan not in PLANS:
@@ -441,25 +557,13 @@ class Recipe:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _plain_numbers(config: Any) -> None:
-    """Turn NumPy scalars in a frozen config into Python numbers (so YAML and JSON can write them)."""
-    import numbers
-
-    for item in dataclasses.fields(config):
-        value = getattr(config, item.name)
-        if isinstance(value, bool) or type(value) in (int, float):
-            continue
-        if isinstance(value, numbers.Integral) and type(value).__name__ != "bool_":
-            object.__setattr__(config, item.name, int(value))
-        elif isinstance(value, numbers.Real):
-            object.__setattr__(config, item.name, float(value))
-
-
 def _check_int(name: str, value: Any, low: int) -> None:
     check_number(name, value, low=low, integer=True)
 
 
 _NESTED = {"head": HeadConfig, "augment": AugmentConfig, "prune": PruneConfig}
+#: Recipe keys that take a schedule: a kind's name or a mapping.
+_SCHEDULES = ("schedule", "head_schedule")
 
 
 def _from_mapping(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
@@ -482,6 +586,9 @@ def _from_mapping(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
             if bad:
                 raise RecipeError(f"Unknown key(s) {', '.join(f'{key}.{b}' for b in bad)} in {origin}; known: {', '.join(sorted(sub))}.")
             if key == "head" and "dense" in value:
+                if value["dense"] is not None and not isinstance(value["dense"], (list, tuple)):
+                    raise RecipeError(f"{origin}: head.dense must be a list of layer widths, e.g. [256], "
+                                      f"got {value['dense']!r}.")
                 value = {**value, "dense": tuple(value["dense"] or ())}
             value = _NESTED[key](**value)
         values[key] = value
@@ -539,6 +646,8 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     out["variant"] = dict(recipe.variant)
     out["head"]["dense"] = list(recipe.head.dense)
     out["prune"] = recipe.prune.to_dict() if recipe.prune is not None else None
+    for key in _SCHEDULES:
+        out[key] = {**out[key], "boundaries": list(out[key]["boundaries"]), "values": list(out[key]["values"])}
     return out
 
 

@@ -32,8 +32,8 @@ from transferkit.model import build_model, compile_model, set_seed, unfreeze
 from transferkit.planner import FreezePlan
 from transferkit.planning import hub_plan, make_plan
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone, is_hub
-from transferkit.runs import (RunRecord, RunState, check_output, data_metrics, fingerprint, load_state, save_run,
-                              versions)
+from transferkit.runs import (RunRecord, RunState, check_output, check_writable, data_metrics, fingerprint,
+                              load_state, save_run, versions)
 from transferkit.training import Checkpoint, model_head, run_hub_plan, run_plan
 from transferkit.weights import WeightsSource
 
@@ -101,7 +101,7 @@ class Prepared:
 
 def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe | None = None,
             output: str | os.PathLike | None = None, registry: Registry = REGISTRY, overwrite: bool = False,
-            **overrides: Any) -> Prepared:
+            writes: bool = True, **overrides: Any) -> Prepared:
     """Resolve the recipe and decode the data: everything checked before TensorFlow loads.
 
     Args:
@@ -110,6 +110,8 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
         output: Run folder (wins over ``recipe.output``).
         registry: Where to look the backbone up.
         overwrite: Whether a finished run in the output folder may be replaced.
+        writes: Whether a run will be written (``plan`` writes nothing, so
+            its output folder is not checked).
         **overrides: Recipe fields.
 
     Returns:
@@ -121,7 +123,9 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
     recipe = (recipe or Recipe()).replace(**overrides)
     if output is not None:
         recipe = recipe.replace(output=str(output))
-    check_output(recipe.output, overwrite=overwrite)
+    if writes:
+        check_output(recipe.output, overwrite=overwrite)
+        check_writable(recipe)
     if is_hub(recipe.backbone):
         spec = load_hub(recipe.backbone, input_range=recipe.hub_range, allow_download=recipe.allow_download,
                         registry=registry)
@@ -138,7 +142,8 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
         if folder is None:
             raise RecipeError("No training data. Give a folder with one sub-folder of images per class "
                               "(transferkit finetune DATA_DIR), data: in the recipe, or --demo.")
-        recipe = recipe.replace(data=str(folder))
+        recipe = recipe.replace(data=str(Path(folder).expanduser().resolve()),
+                                val_dir=str(Path(recipe.val_dir).expanduser().resolve()) if recipe.val_dir else None)
         images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir,
                                    val_split=recipe.val_split, seed=recipe.seed)
         resolution = folder_resolution(scan_folder(folder).files, seed=recipe.seed)
@@ -166,7 +171,7 @@ def plan(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe | N
     Raises:
         TransferkitError: Subclasses for bad data, recipes or weights.
     """
-    prep = prepare(data, recipe=recipe, registry=registry, **overrides)
+    prep = prepare(data, recipe=recipe, registry=registry, writes=False, **overrides)
     set_seed(prep.recipe.seed)
     if isinstance(prep.spec, HubBackbone):
         model, _ = frozen_model(prep.spec, prep.recipe.image_size, prep.recipe.head, prep.task)
@@ -282,6 +287,10 @@ class HubExport:
 def _checkpoint(prep: Prepared, overwrite: bool) -> Checkpoint | None:
     """The run's :class:`~transferkit.training.Checkpoint`: a new one, or the saved state of an unfinished run.
 
+    An unfinished run with the same settings and data resumes, with or
+    without ``overwrite``; with other settings it is refused, or, with
+    ``overwrite``, started again.
+
     Raises:
         RunExistsError: When the output folder holds an unfinished run with
             other settings or data.
@@ -290,13 +299,13 @@ def _checkpoint(prep: Prepared, overwrite: bool) -> Checkpoint | None:
     if not output:
         return None
     key = fingerprint(prep.recipe, prep.images)
-    loaded = None if overwrite else load_state(output)
-    if loaded is None:
+    loaded = load_state(output)
+    if loaded is None or (overwrite and loaded[0].fingerprint != key):
         return Checkpoint(output, RunState(key, {}))
     state, arrays = loaded
     if state.fingerprint != key:
         raise RunExistsError(f"{output!r} holds an unfinished run started with other settings or data. Rerun "
-                             "with the same ones to resume it, or pass --overwrite to start again.")
+                             "with the same ones to resume it, or pass --overwrite to start again with these.")
     log.info("Resuming the unfinished run in %s: stage %s after epoch %d (%d stage(s) done).", output,
              state.stage, state.epoch, len(state.stages))
     return Checkpoint(output, state, arrays)
@@ -371,6 +380,9 @@ def _finetune_hub(prep: Prepared, *, verbose: int | None,
         set_seed(recipe.seed)
         model, feature_model = frozen_model(hub, recipe.image_size, model_head(plan_, recipe), task)
     log.info("%s", plan_.explain())
+    if plan_.fine_tuned and recipe.label_smoothing:
+        raise RecipeError(f"label_smoothing is not available when {hub.name} is fine-tuned (its tf_keras stage has "
+                          "no smoothed sparse loss). Leave it out, or keep the backbone frozen (--unfreeze 0).")
     history: list[dict[str, Any]] = []
     tuned, stages = run_hub_plan(hub, model, feature_model, prep.images, recipe, plan_, task, verbose=verbose,
                                  history=history, callbacks=callbacks)

@@ -234,7 +234,8 @@ def make_optimizer(model: Any, learning_rate: float, *, factors: Mapping[str, fl
     return keras.optimizers.Adam(learning_rate, **options)
 
 
-def compile_model(model: Any, task: TaskSpec, *, optimizer: Any = "adam", jit_compile: bool | None = None) -> Any:
+def compile_model(model: Any, task: TaskSpec, *, optimizer: Any = "adam", jit_compile: bool | None = None,
+                  label_smoothing: float = 0.0) -> Any:
     """Compile a Keras 3 or ``tf_keras`` model for its task: the one compile site.
 
     Args:
@@ -242,12 +243,26 @@ def compile_model(model: Any, task: TaskSpec, *, optimizer: Any = "adam", jit_co
         task: Loss and metrics come from here.
         optimizer: An optimizer, or ``"adam"`` (enough for evaluating).
         jit_compile: XLA; ``None`` keeps the flavour's default (Keras 3: ``"auto"``).
+        label_smoothing: Label smoothing of a classification loss (Keras 3 models).
 
     Returns:
         The model.
+
+    Raises:
+        RecipeError: For label smoothing on a regression task.
     """
     extra = {} if jit_compile is None else {"jit_compile": jit_compile}
-    model.compile(optimizer=optimizer, loss=task.loss, metrics=list(task.metrics), **extra)
+    loss: Any = task.loss
+    if label_smoothing:
+        import keras
+
+        from transferkit.optim import SmoothedSparseCrossentropy
+
+        if task.task == "regression":
+            raise RecipeError("label_smoothing applies to classification tasks; this one is regression.")
+        loss = (SmoothedSparseCrossentropy(label_smoothing, task.units) if task.task == "multiclass"
+                else keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing))
+    model.compile(optimizer=optimizer, loss=loss, metrics=list(task.metrics), **extra)
     return model
 
 

@@ -43,7 +43,7 @@ from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_S
 from transferkit.data import augment_config, load_image_folder, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
-from transferkit.runs import RunRecord, check_output, load_transfer, save_run, versions
+from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, load_transfer, save_run, versions
 from transferkit.training import fit_stage
 
 __all__ = [
@@ -402,8 +402,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
 
 def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict, config: PruneConfig,
             steps: dict) -> dict[str, Any]:
-    """The pruning report's fields (``metrics.json``), in their usual order."""
-    return {
+    """The pruning report's fields (``metrics.json``), in the order of :data:`~transferkit.runs.PRUNE_KEYS`."""
+    values = {
         "sparsity": report["global"],
         "val_accuracy_before": before["accuracy"],
         "val_accuracy_after": after["accuracy"],
@@ -421,6 +421,7 @@ def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict,
         "steps": steps,
         "seconds": None,
     }
+    return {key: values[key] for key in PRUNE_KEYS}  # a key missing there would not survive RunRecord
 
 
 def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int) -> int:
@@ -498,6 +499,10 @@ def prune(
                         "Pass --data DATA_DIR (the folder the run was fine-tuned on).")
     images = load_image_folder(folder, image_size=transfer.image_size, val_dir=recipe.val_dir,
                                val_split=recipe.val_split, seed=recipe.seed)
+    if list(images.class_names) != list(run_metrics["class_names"]):
+        raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
+                        f"trained on {list(run_metrics['class_names'])[:5]}...: pruning on them would relabel the "
+                        "model. Pass --data with the folder the run was fine-tuned on.")
     result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
                             verbose=verbose)
     record = RunRecord.from_dict(run_metrics)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from transferkit.registry import is_hub
 from transferkit.weights import WeightsSource
 
 __all__ = ["RunRecord", "data_metrics", "versions", "save_run", "load_run", "load_transfer", "atomic_write",
-           "check_output", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
+           "check_output", "check_writable", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
            "save_state", "load_state", "fingerprint", "STATE_DIR"]
 
 log = logging.getLogger("transferkit")
@@ -217,8 +218,23 @@ def is_finished_run(folder: str | os.PathLike) -> bool:
     return (Path(folder) / "metrics.json").is_file()
 
 
+#: The folder inside an unfinished run that holds what resuming needs.
+STATE_DIR = ".state"
+#: What a run folder may hold: the files transferkit writes, and its own hidden working names.
+RUN_FILES = frozenset({"model.keras", "metrics.json", "history.csv", "recipe.yaml", "model.tflite", "saved_model"})
+
+
+def _is_run_entry(name: str) -> bool:
+    return name in RUN_FILES or name.startswith((STATE_DIR, ".old-", ".model.", ".saved_model.")) or name.endswith(".tmp")
+
+
 def check_output(output: str | os.PathLike | None, *, overwrite: bool = False) -> None:
     """Refuse an output folder that cannot or must not receive a run, before any work starts.
+
+    A folder may receive a run when it is new or empty, holds an unfinished
+    run (only files transferkit writes), or holds a finished run and
+    ``overwrite`` is given. A folder holding anything else is refused, with
+    or without ``overwrite``: transferkit only ever replaces its own files.
 
     Args:
         output: The run folder (``None``: nothing will be written).
@@ -240,16 +256,33 @@ def check_output(output: str | os.PathLike | None, *, overwrite: bool = False) -
     for parent in [folder, *folder.parents]:
         if parent.exists() and not parent.is_dir():
             raise RecipeError(f"--output {text!r}: {str(parent)!r} is a file, not a folder. Choose another path.")
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RecipeError(f"--output {text!r}: {str(existing)!r} is not writable. Choose a folder you can write to.")
+    if not folder.is_dir():
+        return
+    others = sorted(p.name for p in folder.iterdir() if not _is_run_entry(p.name))
+    if others:
+        raise RunExistsError(f"--output {text!r} holds files transferkit did not write ({', '.join(others[:3])}"
+                             f"{' ...' if len(others) > 3 else ''}). Choose a new or empty folder.")
     if is_finished_run(folder) and not overwrite:
         raise RunExistsError(f"--output {text!r} already holds a finished run (metrics.json). Choose another folder, "
                              "or pass --overwrite (overwrite=True) to replace it once the new run is complete.")
-    if folder.is_dir() and not is_finished_run(folder) and any(not p.name.startswith(STATE_DIR) for p in folder.iterdir()):
-        if not (folder / "model.keras").exists():
-            raise RunExistsError(f"--output {text!r} is a folder with other files in it, not a transferkit run. "
-                                 "Choose a new or empty folder.")
+
+
+def check_writable(recipe: Recipe) -> None:
+    """Refuse a recipe that YAML cannot write (a NumPy number inside ``variant``, say) before any training.
+
+    Raises:
+        RecipeError: Naming the value's type and the fix.
+    """
+    import yaml
+
+    try:
+        yaml.safe_dump(recipe_to_dict(recipe))
+    except yaml.YAMLError as error:
+        raise RecipeError(f"The recipe holds a value that cannot be saved ({str(error)[:160]}). Pass Python numbers "
+                          "and strings (float(x), not a NumPy scalar).") from None
 
 
 def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, history: Sequence[dict[str, Any]],
@@ -257,11 +290,14 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
     """Write a run folder: all of it, or nothing (an overwritten run comes back on failure).
 
     Every file is serialised in memory first, so a value that cannot be
-    written fails before any file is touched. A finished run already in the
-    folder is moved aside, the new one written, and the old one deleted only
-    once the new one is complete; if writing fails (a full disk), the partial
-    folder is removed and the old run restored. ``metrics.json`` is written
-    last: a folder without it is not a finished run.
+    written fails before any file is touched. The files of a run already in
+    the folder are moved aside into a hidden ``.old-*`` folder inside it (the
+    folder itself is never renamed or deleted, so ``.`` and mount points
+    work), the new files written, and the old ones deleted only once the new
+    run is complete; if writing fails (a full disk), the new files are
+    removed and the old ones moved back. ``metrics.json`` is written last: a
+    folder without it is not a finished run. A save killed midway leaves the
+    old run's files in ``.old-*`` (the next successful save removes them).
 
     Args:
         output: Folder to write into (created if needed).
@@ -294,19 +330,24 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
                           "(e.g. float(x), not a NumPy scalar). Nothing was written.") from None
     history_text = _history_csv(history)
     folder = Path(output).expanduser()
-    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}") if folder.exists() else None
-    if aside is not None:
-        os.replace(folder, aside)
+    folder.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=".old-", dir=folder))
+    previous = [p for p in folder.iterdir() if p.name in RUN_FILES]
+    for path in previous:  # the old run's files, moved aside inside the folder (a rename, same file system)
+        os.replace(path, aside / path.name)
     try:
-        folder.mkdir(parents=True)
         _write_files(folder, model, history_text, recipe_text, tflite, metrics_text, contract(record))
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        if aside is not None:
-            os.replace(aside, folder)
-        raise
-    if aside is not None:
+        for path in folder.iterdir():
+            if path.name in RUN_FILES:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in previous:
+            os.replace(aside / path.name, path)
         shutil.rmtree(aside, ignore_errors=True)
+        raise
+    for path in folder.iterdir():  # the old run, leftovers of killed saves, and the resume state
+        if path.name.startswith((".old-", STATE_DIR)):
+            shutil.rmtree(path, ignore_errors=True)
     return folder
 
 
@@ -446,10 +487,6 @@ def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, 
     return transfer, metrics, recipe
 
 
-#: The folder inside an unfinished run that holds what resuming needs.
-STATE_DIR = ".state"
-
-
 @dataclass
 class RunState:
     """What an unfinished run has done, saved at every epoch end (``RUN_DIR/.state/state.json``).
@@ -478,7 +515,8 @@ class RunState:
     stopper: dict[str, Any] = field(default_factory=dict)
 
 
-def save_state(output: str | os.PathLike, state: RunState, arrays: dict[str, list[Any]]) -> None:
+def save_state(output: str | os.PathLike, state: RunState, arrays: dict[str, list[Any]],
+               unchanged: Sequence[str] = ()) -> None:
     """Write ``RUN_DIR/.state/`` as a whole: a new folder beside it, then a swap.
 
     Args:
@@ -487,6 +525,8 @@ def save_state(output: str | os.PathLike, state: RunState, arrays: dict[str, lis
         arrays: Named lists of arrays (``model``, ``optimizer``, ``best``,
             ``baseline``), each saved as an ``.npz`` (no pickles: a state
             folder is data).
+        unchanged: Names whose ``.npz`` in the current state is still right:
+            hard-linked instead of written again.
     """
     import numpy as np
 
@@ -497,14 +537,21 @@ def save_state(output: str | os.PathLike, state: RunState, arrays: dict[str, lis
     new.mkdir()
     try:
         for name, values in arrays.items():
-            np.savez(new / f"{name}.npz", *[np.asarray(v) for v in values])
+            if name in unchanged and (final / f"{name}.npz").is_file():
+                os.link(final / f"{name}.npz", new / f"{name}.npz")
+            else:
+                np.savez(new / f"{name}.npz", *[np.asarray(v) for v in values])
         (new / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
         if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(new, final)
     finally:
         shutil.rmtree(new, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():  # interrupted between the two renames: the previous state comes back
+            os.replace(old, final)
 
 
 def load_state(output: str | os.PathLike | None) -> tuple[RunState, dict[str, list[Any]]] | None:
@@ -518,6 +565,8 @@ def load_state(output: str | os.PathLike | None) -> tuple[RunState, dict[str, li
     if not output:
         return None
     folder = Path(output).expanduser() / STATE_DIR
+    if not (folder / "state.json").is_file() and (folder.with_name(f"{STATE_DIR}.old") / "state.json").is_file():
+        folder = folder.with_name(f"{STATE_DIR}.old")  # a kill between the two renames of save_state
     if not (folder / "state.json").is_file() or is_finished_run(Path(output).expanduser()):
         return None
     try:

@@ -13,9 +13,10 @@ learning rate (``keras.callbacks.LearningRateScheduler``) work on every stage.
 :func:`train_head`, :func:`train_unfrozen` and :func:`run_plan` train a
 registry model as its freeze plan says, through the frozen-feature cache
 (:mod:`transferkit.cache`) whenever only layers above a frozen cut train;
-:func:`run_hub_plan` does the same for a TF-Hub backbone. Each stage's model
-is built and compiled in one function (:func:`compile_stage`), so a
-``tf.distribute`` strategy scope can wrap both, and each stage seeds once.
+:func:`run_hub_plan` does the same for a TF-Hub backbone. A registry stage's
+model is cut (the cache split) and compiled in one place, so a
+``tf.distribute`` strategy scope can wrap that code (issue 18 adds the scope);
+each stage seeds once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from transferkit.cache import cache_features, cache_state
-from transferkit.config import AugmentConfig, Recipe, augment_config
+from transferkit.config import AugmentConfig, Recipe, ScheduleConfig, augment_config
 from transferkit.data import ImageSet, class_weights, make_dataset
 from transferkit.graph import split_model
 from transferkit.model import (TransferModel, compile_model, is_legacy, make_optimizer, set_seed,
@@ -36,7 +37,8 @@ from transferkit.planner import FreezePlan
 from transferkit.schedules import gradual_steps, steps_per_epoch
 
 __all__ = ["StageResult", "StageFit", "StageResume", "FitProgress", "Checkpoint", "fit_stage", "compile_stage", "train_head", "train_unfrozen",
-           "run_plan", "run_hub_plan", "better", "evaluate_stage", "verbosity", "model_head"]
+           "run_plan", "run_hub_plan", "better", "evaluate_stage", "verbosity", "model_head", "make_schedule",
+           "optimizer_options"]
 
 log = logging.getLogger("transferkit")
 
@@ -250,7 +252,10 @@ class Checkpoint:
             best = progress.stopper.best_weights if progress.stopper is not None else None
             self.arrays.update(model=whole.get_weights(), best=list(best or []),
                                optimizer=[v.numpy() for v in progress.model.optimizer.variables])
-            save_state(self.output, self.state, self.arrays)
+            try:
+                save_state(self.output, self.state, self.arrays, unchanged=("baseline",))
+            except OSError as error:  # a full disk must not end the training; the run just cannot resume here
+                log.warning("Could not save the resume state in %s (%s); training goes on.", self.output, error)
 
         return save
 
@@ -274,8 +279,9 @@ def _divergence(name: str, model: Any, epoch: int, batch: int, loss: float) -> E
     rate = current_learning_rate(model.optimizer)
     return DivergenceError(
         f"Training diverged in stage {name!r} at epoch {epoch}, batch {batch}: the loss reached {loss:.3g} "
-        f"at a learning rate of {rate:.3g}. Nothing was saved. Try a learning rate ten times lower "
-        f"(--learning-rate / --fine-tune-learning-rate {rate / 10:.1g}), or check the labels and images.")
+        f"at a learning rate of {rate:.3g}. No model or metrics were written. Try a learning rate ten times lower "
+        f"(--learning-rate / --fine-tune-learning-rate {rate / 10:.1g}; with an --output that holds the unfinished "
+        f"run, add --overwrite to start again), or check the labels and images.")
 
 
 def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: float, feature_seconds: float,
@@ -294,12 +300,15 @@ def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: f
 
 def compile_stage(transfer: TransferModel, train_model: Any, recipe: Recipe, *, learning_rate: float,
                   rates: dict[str, float] | None = None) -> Any:
-    """Compile the model a stage trains: Adam, or one per-variable-factor Adam for several group rates.
+    """Compile the model a stage trains: Adam (one factor per variable for several group rates) and the loss.
+
+    The recipe's regularisation applies here: ``weight_decay`` (decoupled,
+    at each group's own rate), ``clip_norm`` and ``label_smoothing``.
 
     Args:
         transfer: The whole model (its groups locate the variables).
         train_model: What trains: the whole model, or its part above the cached cut.
-        recipe: ``jit_compile`` comes from here.
+        recipe: ``jit_compile`` and the regularisation come from here.
         learning_rate: The peak rate (the head's).
         rates: Peak rate per fine-tuned group.
 
@@ -309,8 +318,55 @@ def compile_stage(transfer: TransferModel, train_model: Any, recipe: Recipe, *, 
     from transferkit.optim import group_factors
 
     factors = group_factors(transfer.model, transfer.groups, rates, learning_rate) if rates else None
-    optimizer = make_optimizer(train_model, learning_rate, factors=factors)
-    return compile_model(train_model, transfer.task, optimizer=optimizer, jit_compile=recipe.jit_compile)
+    optimizer = make_optimizer(train_model, learning_rate, factors=factors, **optimizer_options(recipe))
+    return compile_model(train_model, transfer.task, optimizer=optimizer, jit_compile=recipe.jit_compile,
+                         label_smoothing=recipe.label_smoothing)
+
+
+def optimizer_options(recipe: Recipe) -> dict[str, Any]:
+    """The optimizer arguments a recipe sets: ``weight_decay``, ``clipnorm``."""
+    options = {"weight_decay": recipe.weight_decay, "clipnorm": recipe.clip_norm}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: int,
+                  monitor: tuple[str, str]) -> tuple[Any, list]:
+    """A stage's learning-rate schedule from its config: a Keras schedule, or the plateau callback.
+
+    Args:
+        config: The :class:`~transferkit.config.ScheduleConfig`.
+        rate: The stage's (peak) learning rate.
+        epochs: The stage's epochs.
+        steps: Optimizer steps per epoch.
+        monitor: The quantity ``plateau`` watches.
+
+    Returns:
+        ``(schedule or None, callbacks)``: the ``LearningRateSchedule`` for
+        :func:`fit_stage`, and callbacks the stage needs (``plateau``'s
+        ``ReduceLROnPlateau``).
+    """
+    import keras
+
+    from transferkit.optim import OneCycle, WarmRestarts
+    from transferkit.schedules import first_cycle_for
+
+    total = max(1, epochs * steps)
+    kinds = keras.optimizers.schedules
+    if config.kind == "plateau":
+        return None, [keras.callbacks.ReduceLROnPlateau(monitor=monitor[0], mode=monitor[1], factor=config.factor,
+                                                        patience=config.patience, min_lr=rate * 1e-4)]
+    schedule = {
+        "constant": lambda: None,
+        "cosine": lambda: kinds.CosineDecay(rate, total),
+        "one-cycle": lambda: OneCycle(rate, total, warmup=config.warmup),
+        "sgdr": lambda: WarmRestarts(rate, first_cycle_for(total, config.cycles, config.cycle_mult),
+                                     config.cycle_mult),
+        "exponential": lambda: kinds.ExponentialDecay(rate, total, config.decay),
+        "power": lambda: kinds.PolynomialDecay(rate, total, rate * config.decay, power=config.power),
+        "piecewise": lambda: kinds.PiecewiseConstantDecay([int(b * total) for b in config.boundaries],
+                                                          [rate * v for v in config.values]),
+    }[config.kind]()
+    return schedule, []
 
 
 def _stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: str | None, augment: bool,
@@ -328,12 +384,10 @@ def _stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: s
 
 
 def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, name: str, groups: int,
-                 epochs: int, learning_rate: float, decay: bool, augment: AugmentConfig | None,
+                 epochs: int, learning_rate: float, schedule: ScheduleConfig, augment: AugmentConfig | None,
                  rates: dict[str, float] | None, verbose: int | None, history: list,
                  callbacks: Sequence[Any], checkpoint: Checkpoint | None = None) -> StageResult:
     """One stage of a registry model: unfreeze, cache below the cut, compile, fit, evaluate."""
-    import keras
-
     started = time.perf_counter()
     set_seed(recipe.seed)
     cut = unfreeze(transfer, groups)
@@ -342,15 +396,16 @@ def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, nam
                                                                  name)
     compile_stage(transfer, model, recipe, learning_rate=learning_rate,
                   rates={g: r for g, r in (rates or {}).items() if g in unfrozen} or None)
-    steps = epochs * steps_per_epoch(len(data.y_train), recipe.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps)) if decay else None
+    lr_schedule, schedule_callbacks = make_schedule(schedule, learning_rate, epochs=epochs,
+                                                    steps=steps_per_epoch(len(data.y_train), recipe.batch_size),
+                                                    monitor=transfer.task.monitor)
     train_ds = make_dataset(x_train, data.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed,
                             augment=augment)
     val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
     resume = checkpoint.resume_for(name) if checkpoint else None
-    fit = fit_stage(model, train_ds, val_ds, epochs=epochs, monitor=transfer.task.monitor, callbacks=callbacks,
-                    schedule=schedule, patience=recipe.patience, class_weight=weights, verbose=verbosity(verbose),
+    fit = fit_stage(model, train_ds, val_ds, epochs=epochs, monitor=transfer.task.monitor,
+                    callbacks=[*schedule_callbacks, *callbacks], schedule=lr_schedule, patience=recipe.patience, class_weight=weights, verbose=verbosity(verbose),
                     name=name, resume=resume,
                     backup=checkpoint.saver(name, transfer.model, history) if checkpoint else None)
     history.extend({"stage": name, **row} for row in fit.rows)
@@ -384,7 +439,7 @@ def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epoch
     """
     return _train_stage(transfer, data, recipe, name="head", groups=0,
                         epochs=recipe.epochs if epochs is None else epochs,
-                        learning_rate=learning_rate or recipe.learning_rate, decay=False, rates=None,
+                        learning_rate=learning_rate or recipe.learning_rate, schedule=recipe.head_schedule, rates=None,
                         augment=augment_config(recipe.augment if augment is None else augment),
                         verbose=verbose, history=history if history is not None else [], callbacks=callbacks,
                         checkpoint=checkpoint)
@@ -395,7 +450,7 @@ def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, grou
                    learning_rate: float | None = None, augment: AugmentConfig | str | None = None,
                    name: str = "fine_tune", verbose: int | None = None, history: list | None = None,
                    callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> StageResult:
-    """Stage 2: unfreeze the top ``groups`` groups and train at a low, cosine-decaying rate.
+    """Stage 2: unfreeze the top ``groups`` groups and train at a low rate on ``recipe.schedule`` (cosine by default).
 
     Args:
         transfer: The model, head already trained.
@@ -420,7 +475,7 @@ def train_unfrozen(transfer: TransferModel, data: ImageSet, recipe: Recipe, grou
     peak = learning_rate or max((rates or {}).values(), default=0) or recipe.stage2_learning_rate
     return _train_stage(transfer, data, recipe, name=name, groups=groups,
                         epochs=recipe.fine_tune_epochs if epochs is None else epochs,
-                        learning_rate=peak, decay=True, rates=rates,
+                        learning_rate=peak, schedule=recipe.schedule, rates=rates,
                         augment=augment_config(recipe.augment if augment is None else augment),
                         verbose=verbose, history=history if history is not None else [], callbacks=callbacks,
                         checkpoint=checkpoint)
@@ -485,8 +540,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
         second.append(done.get(name) or train_unfrozen(transfer, images, recipe, groups,
                                                        rates=plan.group_learning_rates, epochs=epochs, name=name,
                                                        **common))
-        if checkpoint and name not in done and k + 1 < len(names):
-            checkpoint.stage_done(second[-1], transfer.model, history, names[k + 1])
+        if checkpoint and name not in done:
+            checkpoint.stage_done(second[-1], transfer.model, history, names[k + 1] if k + 1 < len(names) else None)
     if baseline is not None and not better(second[-1], baseline, transfer.task.monitor):
         transfer.model.set_weights(before)
         second = [replace(stage, kept=False) for stage in second]
@@ -510,12 +565,16 @@ def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Re
     for layer in head_layers(model):
         x = layer(x)
     head_model = keras.Model(head_in, x)  # shares the full model's head layers
-    compile_model(head_model, task, optimizer=make_optimizer(head_model, plan.learning_rate))
+    compile_model(head_model, task, optimizer=make_optimizer(head_model, plan.learning_rate, **optimizer_options(recipe)),
+                  label_smoothing=recipe.label_smoothing)
     train_ds = make_dataset(f_train, images.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
     val_ds = make_dataset(f_val, images.y_val, batch_size=batch)
     weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
-    fit = fit_stage(head_model, train_ds, val_ds, epochs=plan.epochs, monitor=task.monitor, callbacks=callbacks,
-                    patience=recipe.patience, class_weight=weights, verbose=verbose, name="head")
+    schedule, extra = make_schedule(recipe.head_schedule, plan.learning_rate, epochs=plan.epochs,
+                                    steps=steps_per_epoch(len(images.y_train), recipe.batch_size), monitor=task.monitor)
+    fit = fit_stage(head_model, train_ds, val_ds, epochs=plan.epochs, monitor=task.monitor,
+                    callbacks=[*extra, *callbacks], schedule=schedule, patience=recipe.patience, class_weight=weights,
+                    verbose=verbose, name="head")
     history.extend({"stage": "head", **row} for row in fit.rows)
     return evaluate_stage(head_model, val_ds, name="head", fit=fit, started=started,
                           feature_seconds=feature_seconds, cache=state, learning_rate=plan.learning_rate,
@@ -525,8 +584,6 @@ def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Re
 def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, plan: FreezePlan, task: Any, *,
                      verbose: int, history: list, callbacks: Sequence[Any]) -> tuple[Any, StageResult]:
     """Hub stage 2: the whole backbone in ``tf_keras`` (``hub.KerasLayer``, BatchNorm statistics kept)."""
-    import keras
-
     from transferkit.compat import hub_twin
     from transferkit.hub import head_layers
 
@@ -536,15 +593,16 @@ def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, pla
     for layer in head_layers(model):
         tuned.get_layer(layer.name).set_weights(layer.get_weights())
     rate = plan.group_learning_rates["hub"]
-    steps = steps_per_epoch(len(images.y_train), recipe.batch_size) * plan.fine_tune_epochs
-    compile_model(tuned, task, optimizer=make_optimizer(tuned, rate))
+    schedule, extra = make_schedule(recipe.schedule, rate, epochs=plan.fine_tune_epochs,
+                                    steps=steps_per_epoch(len(images.y_train), recipe.batch_size), monitor=task.monitor)
+    compile_model(tuned, task, optimizer=make_optimizer(tuned, rate, **optimizer_options(recipe)))
     augment = augment_config(recipe.augment if plan.augment == "custom" else plan.augment)
     train_ds = make_dataset(images.x_train, images.y_train, batch_size=recipe.batch_size, shuffle=True,
                             seed=recipe.seed, augment=augment)
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, recipe.batch_size))
     weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
     fit = fit_stage(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs, monitor=task.monitor,
-                    callbacks=callbacks, schedule=keras.optimizers.schedules.CosineDecay(rate, steps),
+                    callbacks=[*extra, *callbacks], schedule=schedule,
                     patience=recipe.patience, class_weight=weights, verbose=verbose, name="fine_tune")
     history.extend({"stage": "fine_tune", **row} for row in fit.rows)
     return tuned, evaluate_stage(tuned, val_ds, name="fine_tune", fit=fit, started=started, feature_seconds=0.0,

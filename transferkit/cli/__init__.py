@@ -68,9 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        command = shlex.join(["transferkit", *(sys.argv[1:] if argv is None else argv)])
-        print(f"interrupted: a finetune run resumes after its last finished epoch (kept in OUTPUT/.state/) "
-              f"when you run it again: {command}", file=sys.stderr)
+        if args.command == "finetune":
+            command = shlex.join(["transferkit", *(sys.argv[1:] if argv is None else argv)])
+            print(f"interrupted: the run resumes after its last finished epoch (kept in OUTPUT/.state/) when you "
+                  f"run the same command again: {command}", file=sys.stderr)
+        else:
+            print("interrupted.", file=sys.stderr)
         return 130
     except TransferkitError as error:
         if debug:

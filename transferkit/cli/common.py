@@ -67,7 +67,12 @@ def recipe_from_args(args: argparse.Namespace):
     if args.alpha is not None:
         variant["alpha"] = args.alpha
     optional = {name: getattr(args, name, None) for name in (
-        "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output")}
+        "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output", "label_smoothing", "weight_decay",
+        "clip_norm")}
+    for name in ("schedule", "head_schedule"):  # a kind on the command line keeps the recipe's parameters
+        kind = getattr(args, name, None)
+        if kind is not None:
+            optional[name] = dataclasses.replace(getattr(recipe, name), kind=kind)
     recipe = recipe.replace(
         backbone=args.backbone, weights=args.weights, image_size=args.image_size,
         val_dir=args.val_dir, val_split=args.val_split, unfreeze=args.unfreeze,

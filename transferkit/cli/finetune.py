@@ -35,6 +35,13 @@ def register(commands) -> argparse.ArgumentParser:
     tune.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
                       help="compute in 16 bits (float32 weights and outputs)")
     tune.add_argument("--jit-compile", action="store_true", help="compile training steps with XLA")
+    kinds = ["constant", "cosine", "one-cycle", "sgdr", "exponential", "power", "piecewise", "plateau"]
+    techniques = tune.add_argument_group("schedules and regularisation (their parameters: recipe keys)")
+    techniques.add_argument("--schedule", choices=kinds, help="stage 2 learning-rate schedule (default cosine)")
+    techniques.add_argument("--head-schedule", choices=kinds, help="stage 1 schedule (default constant)")
+    techniques.add_argument("--label-smoothing", type=float, help="label smoothing, e.g. 0.1 (default 0)")
+    techniques.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW), e.g. 1e-4")
+    techniques.add_argument("--clip-norm", type=float, help="clip each gradient to this norm")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
     tune.add_argument("--overwrite", action="store_true",
                       help="replace a finished run in --output (only once the new one is complete)")
