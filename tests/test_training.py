@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transferkit.config import Recipe
+from transferkit.config import HeadConfig, Recipe
 
 
 def _recorder():
@@ -148,3 +148,17 @@ def test_label_smoothing_changes_the_loss_and_weight_decay_respects_a_zero_facto
     model.fit(np.ones((4, 4), "float32"), np.array([0, 1, 2, 0]), epochs=2, verbose=0)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)  # decay at the variable's own rate: 0 stays 0
+
+
+def test_a_run_records_its_diagnosis_from_inference_mode_train_accuracy(tiny, mobilenet_v2_h5):
+    from transferkit import finetune
+    from transferkit.diagnosis import KINDS
+
+    result = finetune(tiny, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48,
+                      weights=str(mobilenet_v2_h5), epochs=2, fine_tune_epochs=0, plan="none", head=HeadConfig(
+                          dropout=0.5), target_accuracy=0.95, verbose=0)
+    found = result.metrics["diagnosis"]
+    assert found["kind"] in KINDS and found["target_accuracy"] == 0.95
+    scored = result.model.evaluate(tiny.x_train.astype("float32"), tiny.y_train, verbose=0, return_dict=True)
+    assert found["train_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-4)  # dropout off, no augmentation
+    assert found["val_accuracy"] == result.metrics["val_accuracy"]

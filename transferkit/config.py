@@ -457,6 +457,8 @@ class Recipe:
             (multi-class and binary tasks).
         weight_decay: Decoupled weight decay (AdamW), also with per-group rates.
         clip_norm: Clip each gradient to this norm.
+        target_accuracy: Human-level or Bayes-error proxy for the bias/variance
+            diagnosis (:mod:`transferkit.diagnosis`); ``None`` is 1.0.
     """
 
     data: str | None = None
@@ -494,6 +496,7 @@ class Recipe:
     label_smoothing: float = 0.0
     weight_decay: float | None = None
     clip_norm: float | None = None
+    target_accuracy: float | None = None
 
     def __post_init__(self):
         _plain_numbers(self)
@@ -503,6 +506,8 @@ class Recipe:
         for name in ("weight_decay", "clip_norm"):
             if getattr(self, name) is not None:
                 check_number(name, getattr(self, name), low=0, low_open=True)
+        if self.target_accuracy is not None:
+            check_number("target_accuracy", self.target_accuracy, low=0, high=1, low_open=True)
         _check_int("epochs", self.epochs, 0)
         _check_int("fine_tune_epochs", self.fine_tune_epochs, 0)
         _check_int("batch_size", self.batch_size, 1)

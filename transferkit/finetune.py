@@ -21,23 +21,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from transferkit.config import Recipe
 from transferkit.backbones import check_image_size
+from transferkit.config import Recipe
 from transferkit.data import ImageSet, load_image_folder, scan_folder
 from transferkit.errors import RecipeError, RunExistsError
 from transferkit.heads import task_spec
-from transferkit.hub import HubBackbone, export_saved_model, hub_image_size, frozen_model, load_hub, load_saved_model
+from transferkit.hub import HubBackbone, frozen_model, hub_image_size, load_hub
 from transferkit.measure import folder_resolution
 from transferkit.model import build_model, compile_model, set_seed, unfreeze
 from transferkit.planner import FreezePlan
 from transferkit.planning import hub_plan, make_plan
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone, is_hub
-from transferkit.runs import (RunRecord, RunState, check_output, check_writable, data_metrics, fingerprint,
-                              load_state, save_run, versions)
-from transferkit.training import Checkpoint, model_head, run_hub_plan, run_plan
+from transferkit.runs import (HubExport, RunRecord, RunState, check_output, check_writable, data_metrics,
+                              fingerprint, load_state, save_run, versions)
+from transferkit.training import Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan
 from transferkit.weights import WeightsSource
 
-__all__ = ["FineTuneResult", "Prepared", "HubExport", "prepare", "finetune", "plan"]
+__all__ = ["FineTuneResult", "Prepared", "prepare", "finetune", "plan"]
 
 log = logging.getLogger("transferkit")
 
@@ -241,6 +241,8 @@ def finetune(
                                                         checkpoint=_checkpoint(prep, overwrite))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
+        record.diagnosis = diagnose_run(result.model, prep.images, record, prep.recipe)
     record.seconds_total = round(time.perf_counter() - started, 2)
     output = prep.recipe.output
     if export is not None:  # a Hub run also writes its self-contained SavedModel
@@ -256,32 +258,6 @@ def finetune(
     if export is not None:
         result.model = export.model
     return result
-
-
-class HubExport:
-    """Writes a Hub run's ``saved_model/`` into its folder and gives the Keras 3 model to save beside it.
-
-    A fine-tuned Hub backbone lives in ``tf_keras``; Keras 3 runs its
-    exported SavedModel (``TFSMLayer``), which must sit at its final path
-    before the Keras 3 model that refers to it is built.
-
-    Args:
-        trained: The model to export (the fine-tuned ``tf_keras`` model, or
-            the frozen Keras 3 model).
-        frozen: The frozen Keras 3 model (saved as is when nothing was fine-tuned).
-        image_size: Input side.
-        task: The task, to compile the wrapper for evaluation.
-    """
-
-    def __init__(self, trained: Any, frozen: Any, image_size: int, task: Any):
-        self.trained, self.model, self.image_size, self.task = trained, frozen, image_size, task
-
-    def __call__(self, folder: Path) -> Any:
-        """Export into ``folder/saved_model``; returns the Keras 3 model for ``model.keras``."""
-        exported = export_saved_model(self.trained, folder / "saved_model")
-        if self.trained is not self.model:  # Keras 3 can run the fine-tuned SavedModel, not train it
-            self.model = compile_model(load_saved_model(exported, self.image_size), self.task)
-        return self.model
 
 
 def _checkpoint(prep: Prepared, overwrite: bool) -> Checkpoint | None:

@@ -27,14 +27,14 @@ from typing import Any, Sequence
 from transferkit.config import Recipe, load_recipe, recipe_to_dict
 from transferkit.data import ImageSet
 from transferkit.errors import ModelDirError, RecipeError, RunExistsError
-from transferkit.hub import load_saved_model
-from transferkit.model import TransferModel, build_model
+from transferkit.hub import export_saved_model, load_saved_model
+from transferkit.model import TransferModel, build_model, compile_model
 from transferkit.registry import is_hub
 from transferkit.weights import WeightsSource
 
 __all__ = ["RunRecord", "data_metrics", "versions", "save_run", "load_run", "load_transfer", "atomic_write",
            "check_output", "check_writable", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
-           "save_state", "load_state", "fingerprint", "STATE_DIR"]
+           "save_state", "load_state", "fingerprint", "STATE_DIR", "HubExport"]
 
 log = logging.getLogger("transferkit")
 
@@ -76,6 +76,7 @@ class RunRecord:
         hub: The Hub backbone's description (Hub runs).
         saved_model: The exported SavedModel folder (Hub runs).
         model_type: What ``model.keras`` is (Hub runs).
+        diagnosis: The bias/variance diagnosis (:class:`~transferkit.diagnosis.Diagnosis`).
         pruning: The pruning report (pruned runs); its keys are written at
             the top level of ``metrics.json`` (:data:`PRUNE_KEYS`).
         source_run: The run a pruned run was made from.
@@ -108,10 +109,11 @@ class RunRecord:
     hub: dict[str, Any] | None = None
     saved_model: str | None = None
     model_type: str | None = None
+    diagnosis: dict[str, Any] | None = None
     pruning: dict[str, Any] | None = None
     source_run: str | None = None
 
-    _OPTIONAL = ("hub", "saved_model", "model_type", "pruning", "source_run")
+    _OPTIONAL = ("hub", "saved_model", "model_type", "diagnosis", "pruning", "source_run")
 
     def to_dict(self) -> dict[str, Any]:
         """``metrics.json``'s content: the fields, absent optional sections left out, pruning flattened."""
@@ -268,6 +270,32 @@ def check_output(output: str | os.PathLike | None, *, overwrite: bool = False) -
     if is_finished_run(folder) and not overwrite:
         raise RunExistsError(f"--output {text!r} already holds a finished run (metrics.json). Choose another folder, "
                              "or pass --overwrite (overwrite=True) to replace it once the new run is complete.")
+
+
+class HubExport:
+    """Writes a Hub run's ``saved_model/`` into its folder and gives the Keras 3 model to save beside it.
+
+    A fine-tuned Hub backbone lives in ``tf_keras``; Keras 3 runs its
+    exported SavedModel (``TFSMLayer``), which must sit at its final path
+    before the Keras 3 model that refers to it is built.
+
+    Args:
+        trained: The model to export (the fine-tuned ``tf_keras`` model, or
+            the frozen Keras 3 model).
+        frozen: The frozen Keras 3 model (saved as is when nothing was fine-tuned).
+        image_size: Input side.
+        task: The task, to compile the wrapper for evaluation.
+    """
+
+    def __init__(self, trained: Any, frozen: Any, image_size: int, task: Any):
+        self.trained, self.model, self.image_size, self.task = trained, frozen, image_size, task
+
+    def __call__(self, folder: Path) -> Any:
+        """Export into ``folder/saved_model``; returns the Keras 3 model for ``model.keras``."""
+        exported = export_saved_model(self.trained, folder / "saved_model")
+        if self.trained is not self.model:  # Keras 3 can run the fine-tuned SavedModel, not train it
+            self.model = compile_model(load_saved_model(exported, self.image_size), self.task)
+        return self.model
 
 
 def check_writable(recipe: Recipe) -> None:

@@ -38,7 +38,7 @@ from transferkit.schedules import gradual_steps, steps_per_epoch
 
 __all__ = ["StageResult", "StageFit", "StageResume", "FitProgress", "Checkpoint", "fit_stage", "compile_stage", "train_head", "train_unfrozen",
            "run_plan", "run_hub_plan", "better", "evaluate_stage", "verbosity", "model_head", "make_schedule",
-           "optimizer_options"]
+           "optimizer_options", "train_accuracy", "diagnose_run"]
 
 log = logging.getLogger("transferkit")
 
@@ -327,6 +327,46 @@ def optimizer_options(recipe: Recipe) -> dict[str, Any]:
     """The optimizer arguments a recipe sets: ``weight_decay``, ``clipnorm``."""
     options = {"weight_decay": recipe.weight_decay, "clipnorm": recipe.clip_norm}
     return {key: value for key, value in options.items() if value is not None}
+
+
+def train_accuracy(model: Any, x: Any, y: Any, *, batch_size: int) -> float | None:
+    """Accuracy of a compiled model on the training images in inference mode (no dropout, no augmentation).
+
+    Args:
+        model: The compiled model (raw pixels in).
+        x: Training images.
+        y: Their labels.
+        batch_size: Batch size of the pass.
+
+    Returns:
+        The accuracy, or ``None`` for a task without an accuracy metric.
+    """
+    result = model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True)
+    accuracy = result.get("accuracy", result.get("binary_accuracy"))
+    return None if accuracy is None else round(float(accuracy), 4)
+
+
+def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> dict[str, Any] | None:
+    """The bias/variance diagnosis of a trained classifier (``metrics.json["diagnosis"]``), logged.
+
+    Args:
+        model: The final compiled model.
+        images: The run's data (its training images are scored in inference mode).
+        record: The :class:`~transferkit.runs.RunRecord` (validation accuracy, groups).
+        recipe: ``target_accuracy`` and ``batch_size``.
+
+    Returns:
+        :meth:`Diagnosis.to_dict`, or ``None`` when the model has no accuracy metric.
+    """
+    from transferkit.diagnosis import diagnose
+
+    accuracy = train_accuracy(model, images.x_train, images.y_train, batch_size=max(64, recipe.batch_size))
+    if accuracy is None or record.val_accuracy is None:
+        return None
+    found = diagnose(accuracy, record.val_accuracy, target_accuracy=recipe.target_accuracy,
+                     unfrozen_groups=record.unfreeze_groups, total_groups=len(record.layer_groups))
+    log.info("%s", found.explain())
+    return found.to_dict()
 
 
 def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: int,

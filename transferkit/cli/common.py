@@ -68,7 +68,7 @@ def recipe_from_args(args: argparse.Namespace):
         variant["alpha"] = args.alpha
     optional = {name: getattr(args, name, None) for name in (
         "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output", "label_smoothing", "weight_decay",
-        "clip_norm")}
+        "clip_norm", "target_accuracy")}
     for name in ("schedule", "head_schedule"):  # a kind on the command line keeps the recipe's parameters
         kind = getattr(args, name, None)
         if kind is not None:

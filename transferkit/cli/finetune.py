@@ -42,6 +42,8 @@ def register(commands) -> argparse.ArgumentParser:
     techniques.add_argument("--label-smoothing", type=float, help="label smoothing, e.g. 0.1 (default 0)")
     techniques.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW), e.g. 1e-4")
     techniques.add_argument("--clip-norm", type=float, help="clip each gradient to this norm")
+    techniques.add_argument("--target-accuracy", type=float,
+                            help="human-level / Bayes proxy for the bias/variance diagnosis (default 1.0)")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
     tune.add_argument("--overwrite", action="store_true",
                       help="replace a finished run in --output (only once the new one is complete)")
@@ -67,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
               f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
     print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
           f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
+    if metrics.get("diagnosis"):
+        from transferkit.diagnosis import Diagnosis
+
+        print(Diagnosis(**{**metrics["diagnosis"], "remedies": tuple(metrics["diagnosis"]["remedies"])}).explain())
     extra = ", saved_model/" if "saved_model" in metrics else ", model.tflite" if "sparsity" in metrics else ""
     print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml")
     return 0
