@@ -99,7 +99,7 @@ class StageFit:
     rows: list[dict[str, Any]]
     best_epoch: int
     epoch_seconds: list[float]
-    epochs: int = 0
+    epochs: int
 
 
 def verbosity(verbose: int | None) -> int:
@@ -290,7 +290,7 @@ def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: f
     """A stage's :class:`StageResult`, its validation scores measured on the compiled ``model``."""
     result = model.evaluate(val, verbose=0, return_dict=True)
     accuracy = result.get("accuracy", result.get("binary_accuracy"))
-    return StageResult(name=name, epochs=fit.epochs or len(fit.rows), best_epoch=fit.best_epoch,
+    return StageResult(name=name, epochs=fit.epochs, best_epoch=fit.best_epoch,
                        seconds=round(time.perf_counter() - started, 2), feature_seconds=round(feature_seconds, 2),
                        feature_cache=cache, val_accuracy=None if accuracy is None else round(float(accuracy), 4),
                        val_loss=round(float(result["loss"]), 4), trainable_params=trainable,
