@@ -347,7 +347,7 @@ def train_accuracy(model: Any, x: Any, y: Any, *, batch_size: int) -> float | No
 
 
 def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> dict[str, Any] | None:
-    """The bias/variance diagnosis of a trained classifier (``metrics.json["diagnosis"]``), logged.
+    """The bias/variance diagnosis of a trained classifier (``metrics.json["diagnosis"]``).
 
     Args:
         model: The final compiled model.
@@ -365,8 +365,7 @@ def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> d
         return None
     found = diagnose(accuracy, record.val_accuracy, target_accuracy=recipe.target_accuracy,
                      unfrozen_groups=record.unfreeze_groups, total_groups=len(record.layer_groups))
-    log.info("%s", found.explain())
-    return found.to_dict()
+    return found.to_dict()  # the CLI prints Diagnosis.explain() once, after the stage summary
 
 
 def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: int,
