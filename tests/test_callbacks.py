@@ -104,3 +104,73 @@ def test_divergence_is_a_non_finite_loss_or_a_ten_thousand_fold_rise(losses, div
         watch.on_train_batch_end(batch, {"loss": loss})
     assert (watch.diverged[:2] if watch.diverged else None) == diverged
     assert watch.model.stop_training == (diverged is not None)
+
+
+def _dense_model(rate=1e-2, **options):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(rate, **options), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def _data():
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+
+def test_the_lr_finder_ramps_exponentially_stops_on_divergence_and_puts_the_weights_back():
+    from transferkit.callbacks import LRFinder
+
+    model = _dense_model()
+    before = [w.copy() for w in model.get_weights()]
+    finder = LRFinder(1e-4, 1e4, steps=60)
+    model.fit(_data().repeat(), epochs=60, steps_per_epoch=1, callbacks=[finder], verbose=0)
+    ratios = np.diff(np.log(finder.rates))
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # exponential: a constant log step
+    assert finder.rates[0] == pytest.approx(1e-4)
+    assert finder.stopped_at is not None and finder.stopped_at < 60  # a rate of 1e4 blows the loss up
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_averaged_weights_are_validated_kept_and_differ_from_the_raw_ones():
+    from transferkit.training import fit_stage
+
+    model = _dense_model(0.5, use_ema=True, ema_momentum=0.9)
+    data = _data()
+    fit = fit_stage(model, data, data, epochs=3, monitor=("val_loss", "min"), patience=3)
+    assert fit.raw_weights is not None
+    assert any(not np.allclose(a, b) for a, b in zip(fit.raw_weights, model.get_weights()))
+    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]  # noqa: SLF001
+    best = fit.best_epoch
+    assert best >= 1
+    if best == 3:  # the last epoch kept: the model holds exactly the optimizer's averages
+        for a, b in zip(averages, model.trainable_weights):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
+    logged = fit.rows[best - 1]["val_loss"]
+    assert model.evaluate(data, verbose=0, return_dict=True)["loss"] == pytest.approx(logged, rel=1e-5)
+
+
+def test_snapshots_are_taken_after_the_given_steps():
+    import keras
+
+    from transferkit.callbacks import Snapshots
+
+    model = _dense_model()
+    shots = Snapshots([4, 8, 12])
+    seen = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(self.model.get_weights())
+
+    model.fit(_data(), epochs=3, callbacks=[shots, Watch()], verbose=0)  # 4 steps per epoch
+    assert shots.taken_at == [4, 8, 12]
+    for member, step in zip(shots.members, shots.taken_at):
+        for a, b in zip(member, seen[step - 1]):
+            np.testing.assert_array_equal(a, b)

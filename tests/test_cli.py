@@ -48,6 +48,10 @@ def test_backbones_hub_lists_the_entries_with_handles(capsys):
         (["prune", "/no/such/run", "--output", "x", "--target-sparsity", "1.5"], "target_sparsity must be"),
         (["finetune", ".", "--output", "x", "--backbone", "hub:/no/such/folder"], "is not a folder"),
         (["plan", "/no/such/folder"], "does not exist"),
+        (["finetune", ".", "--output", "x", "--snapshots", "3"], "needs schedule: sgdr"),
+        (["finetune", ".", "--output", "x", "--ema", "1.5"], "ema must be"),
+        (["lr-find", "."], "Give --output DIR"),
+        (["lr-find", ".", "--output", "x", "--steps", "3"], "--steps must be"),
         (["finetune", ".", "--output", "x", "--plan", "none", "--unfreeze", "2", "--backbone", "resnt50"],
          "Did you mean"),
     ],
@@ -112,3 +116,36 @@ def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
     metrics = json.loads((pruned / "metrics.json").read_text())
     assert abs(metrics["sparsity"] - 0.5) <= 0.01 and metrics["val_accuracy_before"] is not None
     assert set(metrics["size_bytes"]["after"]) == {"keras", "keras_gzip", "tflite", "tflite_gzip"}
+
+
+def test_the_techniques_from_the_command_line_then_predict_with_test_time_views(sign_digits, tmp_path):
+    data = _digits(sign_digits, tmp_path / "digits")
+    out = tmp_path / "run"
+    done = _run("finetune", str(data), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32",
+                "--epochs", "2", "--fine-tune-epochs", "2", "--unfreeze", "1", "--batch-size", "8", "--plan", "none",
+                "--schedule", "sgdr", "--snapshots", "2", "--ema", "--tta", "3", "--l2", "1e-4", "--clip-value", "1",
+                "--output", str(out), "-q")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ema"]["momentum"] == 0.999 and "ema 0.999: val_accuracy" in done.stdout
+    assert len(metrics["snapshots"]["members"]) == 2 and "snapshots: members" in done.stdout
+    assert metrics["tta"]["views"] == 3 and "tta 3 views" in done.stdout
+    import yaml
+
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["head"]["l2"] == 1e-4 and recipe["clip_value"] == 1.0 and recipe["schedule"]["cycles"] == 2
+    image = sorted((data / "3").iterdir())[0]
+    plain, viewed = _run("predict", str(out), str(image)), _run("predict", str(out), str(image), "--tta", "4")
+    assert plain.returncode == 0 and viewed.returncode == 0, viewed.stderr[-2000:]
+    assert plain.stdout != viewed.stdout  # four views average to other probabilities
+    assert main(["predict", str(out), str(image), "--tta", "9"]) == 2
+
+
+def test_lr_find_writes_its_curve_and_prints_the_suggestions(sign_digits, tmp_path):
+    data = _digits(sign_digits, tmp_path / "digits")
+    done = _run("lr-find", str(data), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32",
+                "--batch-size", "8", "--steps", "40", "--output", str(tmp_path / "lr"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert f"valley          {found['suggestions']['valley']:.3g}  <- suggestion" in done.stdout
+    assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000

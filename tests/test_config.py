@@ -70,3 +70,33 @@ def test_the_pruning_and_hub_recipes_load_with_their_sections(monkeypatch, tmp_p
     hub = load_recipe(folder / "sign_digits_hub.yaml")
     assert hub.backbone == f"hub:{tmp_path}/hub/mobilenet_v2_035_224_feature_vector" and hub.hub_range == "0,1"
     assert load_recipe(folder / "sign_digits.yaml").prune is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ema": 1.0}, "ema must be a number"),
+    ({"ema": 0}, "ema must be a number"),
+    ({"tta": 1}, "tta must be"),
+    ({"tta": 9}, "tta must be"),
+    ({"snapshots": 3}, "needs schedule: sgdr"),
+    ({"snapshots": 1, "schedule": "sgdr"}, "snapshots must be"),
+    ({"snapshots": 3, "schedule": "sgdr", "gradual": True}, "do not combine"),
+    ({"clip_norm": 1.0, "clip_value": 0.5}, "not both"),
+    ({"clip_value": -1}, "clip_value must be"),
+    ({"learning_rate": "fast"}, "learning_rate must be"),
+])
+def test_technique_settings_are_checked_before_anything_runs(overrides, message):
+    with pytest.raises(RecipeError, match=message):
+        Recipe(**overrides)
+
+
+def test_head_penalties_are_checked_and_auto_rates_resolve_to_the_defaults():
+    from transferkit.config import DEFAULT_LEARNING_RATE, HeadConfig
+
+    with pytest.raises(RecipeError, match="head.l2 must be"):
+        HeadConfig(l2=-1e-4)
+    recipe = Recipe(learning_rate="auto", fine_tune_learning_rate="auto")
+    assert recipe.auto_rates == ("learning_rate", "fine_tune_learning_rate")
+    assert recipe.numeric().learning_rate == DEFAULT_LEARNING_RATE
+    assert recipe.numeric().fine_tune_learning_rate is None
+    assert recipe.stage2_learning_rate == pytest.approx(DEFAULT_LEARNING_RATE / 10)
+    assert Recipe(snapshots=4, schedule="sgdr").schedule.cycles == 4  # one snapshot per cycle

@@ -17,6 +17,14 @@
   the run's state (``RUN_DIR/.state/``), so a killed run resumes there.
 * :class:`LearningRateLogger` adds the optimizer's learning rate at the end
   of each epoch to the logs (``lr`` in ``history.csv``).
+* :class:`AveragedWeights` is Keras's ``SwapEMAWeights`` with the averaged
+  weights in the model at every epoch end (so early stopping and the saved
+  state keep them), resumable, and keeping the best raw weights to compare.
+* :class:`Snapshots` keeps a copy of the weights at given steps (the ends
+  of SGDR cycles: a snapshot ensemble).
+* :class:`LRFinder` is the learning-rate range test: the rate grows
+  exponentially each step, the loss is recorded, training stops when it
+  diverges and the weights are put back.
 
 They are Keras 3 callbacks; a ``tf_keras`` stage (Hub fine-tuning, pruning)
 runs them through :func:`transferkit.compat.legacy_callbacks`.
@@ -32,7 +40,7 @@ import keras
 import numpy as np
 
 __all__ = ["StageTimer", "ScheduleCallback", "LearningRateLogger", "StopOnDivergence", "ResumableEarlyStopping",
-           "EpochBackup", "current_learning_rate"]
+           "EpochBackup", "AveragedWeights", "Snapshots", "LRFinder", "current_learning_rate"]
 
 log = logging.getLogger("transferkit")
 
@@ -191,3 +199,124 @@ class EpochBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         """Save the state of the finished epoch."""
         self.save(epoch, dict(logs or {}))
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Validate, stop early and save with the optimizer's averaged (EMA, Polyak) weights.
+
+    ``SwapEMAWeights(swap_on_epoch=True)``: the averaged weights are in the
+    model from each epoch's end to the next epoch's start, so early
+    stopping's best weights and the run's saved state are averaged ones.
+    Before swapping at an epoch end it keeps the raw weights of the best
+    epoch so far (:attr:`raw_best`), so the stage can report what the
+    average bought. The optimizer must have ``use_ema=True``.
+
+    Args:
+        monitor: ``(quantity, "min"|"max")`` that ranks the epochs.
+        averaged_in_model: Whether the model starts with the averaged
+            weights in it (a stage resumed from a state saved at an epoch end).
+    """
+
+    def __init__(self, monitor: tuple[str, str], averaged_in_model: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = averaged_in_model
+        self.monitor, self.mode = monitor
+        self.best: float | None = None
+        self.raw_best: list | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Keep the raw weights when the epoch is the best so far, then swap the averaged ones in."""
+        value = (logs or {}).get(self.monitor)
+        if value is not None and not self._ema_weights_in_model:
+            value = float(value)
+            if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+                self.best, self.raw_best = value, self.model.get_weights()
+        super().on_epoch_end(epoch, logs)
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Keep a copy of ``source``'s weights after the given training steps.
+
+    Args:
+        steps: 1-based step counts after which to snapshot (SGDR cycle ends).
+        source: The model whose weights are kept (by default the one
+            trained; the whole model when only its top part trains).
+        initial_step: Steps already run (a resumed stage).
+    """
+
+    def __init__(self, steps: list[int], source: Any = None, initial_step: int = 0):
+        super().__init__()
+        self.steps, self.source, self.step = set(int(s) for s in steps), source, int(initial_step)
+        self.members: list[list] = []
+        self.taken_at: list[int] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Count the step; snapshot at a cycle end."""
+        self.step += 1
+        if self.step in self.steps:
+            self.members.append((self.source or self.model).get_weights())
+            self.taken_at.append(self.step)
+
+
+class LRFinder(keras.callbacks.Callback):
+    """The learning-rate range test (Smith 2015; fastai's ``lr_find``).
+
+    Train with one batch per epoch (``steps_per_epoch=1``, so each epoch's
+    ``loss`` is that batch's loss) and ``epochs=steps``. The rate grows from
+    ``start`` to ``end`` exponentially; training stops once the smoothed
+    loss exceeds ``diverge`` times its minimum or is not finite, and the
+    weights the model had before are put back at the end. The rise is not
+    judged in the first twentieth of the steps (at least 5: the average is
+    still settling), nor against a minimum below 0.05 (a head that already
+    fits its batches has a near-zero loss whose noise is no divergence).
+
+    Args:
+        start: First learning rate.
+        end: Last learning rate.
+        steps: Steps of the ramp.
+        diverge: Stop when the smoothed loss exceeds this many times its minimum.
+        beta: Smoothing of the loss (debiased exponential average).
+    """
+
+    def __init__(self, start: float = 1e-7, end: float = 10.0, steps: int = 200, diverge: float = 4.0,
+                 beta: float = 0.98):
+        super().__init__()
+        self.start, self.end, self.steps, self.diverge, self.beta = start, end, steps, diverge, beta
+        self.settle, self.floor = max(5, steps // 20), 0.05
+        self.rates: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.stopped_at: int | None = None
+        self._weights: list | None = None
+        self._average = 0.0
+
+    def rate(self, step: int) -> float:
+        """The learning rate of ``step`` (0-based)."""
+        return self.start * (self.end / self.start) ** (step / max(1, self.steps - 1))
+
+    def on_train_begin(self, logs=None):
+        """Keep the weights to put back."""
+        self._weights = self.model.get_weights()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Set this step's rate."""
+        self.model.optimizer.learning_rate = self.rate(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Record the step's rate and loss; stop on divergence."""
+        loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", np.nan)))
+        self.rates.append(self.rate(epoch))
+        self.losses.append(loss)
+        if np.isfinite(loss):
+            self._average = self.beta * self._average + (1 - self.beta) * loss
+        smoothed = self._average / (1 - self.beta ** len(self.losses))
+        self.smoothed.append(smoothed)
+        risen = len(self.smoothed) > self.settle and smoothed > self.diverge * max(min(self.smoothed), self.floor)
+        if not np.isfinite(loss) or risen:
+            self.stopped_at = epoch + 1
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        """Put the weights back."""
+        if self._weights is not None:
+            self.model.set_weights(self._weights)

@@ -27,7 +27,7 @@ from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 __all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "ScheduleConfig", "schedule_config",
            "SCHEDULE_KINDS", "load_recipe", "recipe_to_dict",
            "augment_config", "check_number", "check_bool", "check_text", "DEMO_RECIPE", "PLANS", "SIMILARITIES",
-           "TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS"]
+           "TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS", "AUTO", "DEFAULT_LEARNING_RATE", "MAX_TTA"]
 
 #: Values of ``Recipe.plan``.
 PLANS = ("auto", "none")
@@ -139,6 +139,8 @@ class HeadConfig:
         dropout: Dropout rate before each dense layer and the output.
         batch_norm: Add batch normalisation after each hidden dense layer.
         activation: Activation of the hidden dense layers.
+        l1: L1 penalty on the head's dense kernels (0: none).
+        l2: L2 penalty on the head's dense kernels (0: none).
     """
 
     pooling: str = "avg"
@@ -146,6 +148,8 @@ class HeadConfig:
     dropout: float = 0.2
     batch_norm: bool = False
     activation: str = "relu"
+    l1: float = 0.0
+    l2: float = 0.0
 
     def __post_init__(self):
         _plain_numbers(self)
@@ -154,6 +158,8 @@ class HeadConfig:
         check_number("head.dropout", self.dropout, low=0, high=1, high_open=True)
         check_bool("head.batch_norm", self.batch_norm)
         check_text("head.activation", self.activation, optional=False)
+        check_number("head.l1", self.l1, low=0)
+        check_number("head.l2", self.l2, low=0)
         if any((not isinstance(u, int)) or u <= 0 for u in self.dense):
             raise RecipeError(f"head dense units must be positive integers, got {list(self.dense)!r}.")
 
@@ -327,6 +333,13 @@ class PruneConfig:
 
 
 #: Learning-rate schedules of a stage (``plateau`` is Keras's ``ReduceLROnPlateau`` callback).
+#: A learning rate given as this is found by the LR finder (:mod:`transferkit.finder`).
+AUTO = "auto"
+#: Stage 1's learning rate when none is given.
+DEFAULT_LEARNING_RATE = 3e-3
+#: Most test-time views (:data:`transferkit.data.TTA_VIEWS` has this many).
+MAX_TTA = 8
+
 SCHEDULE_KINDS = ("constant", "cosine", "one-cycle", "sgdr", "exponential", "power", "piecewise", "plateau")
 
 
@@ -415,10 +428,12 @@ class Recipe:
         task: ``"multiclass"`` or ``"binary"``; ``None`` picks from the
             number of classes (2 → binary).
         epochs: Stage 1 (head only, backbone frozen) epochs.
-        learning_rate: Stage 1 learning rate (Adam).
+        learning_rate: Stage 1 learning rate (Adam); ``"auto"`` runs the LR
+            finder on the head first (:mod:`transferkit.finder`).
         fine_tune_epochs: Stage 2 epochs; 0 skips stage 2.
         fine_tune_learning_rate: Stage 2 peak learning rate of the top group
-            (cosine decay); ``None`` is ``learning_rate / 10``.
+            (cosine decay); ``None`` is ``learning_rate / 10``; ``"auto"``
+            runs the LR finder at the start of stage 2.
         unfreeze: Layer groups unfrozen in stage 2, counted from the top;
             ``None`` lets the plan decide (60 % of the groups, rounded, when
             ``plan`` is ``"none"``).
@@ -457,6 +472,16 @@ class Recipe:
             (multi-class and binary tasks).
         weight_decay: Decoupled weight decay (AdamW), also with per-group rates.
         clip_norm: Clip each gradient to this norm.
+        clip_value: Clip each gradient element to [-clip_value, clip_value].
+        ema: Momentum of an exponential moving average (Polyak) of the
+            trained weights, e.g. 0.999; validation, early stopping and the
+            saved model use the averaged weights. ``None``: off.
+        snapshots: Keep the weights at the end of each of this many SGDR
+            cycles of stage 2 and save their average-of-probabilities
+            ensemble (needs ``schedule: sgdr``; early stopping is off in
+            that stage). ``None``: off.
+        tta: Report validation accuracy with this many test-time views
+            averaged (:data:`transferkit.data.TTA_VIEWS`). ``None``: off.
         target_accuracy: Human-level or Bayes-error proxy for the bias/variance
             diagnosis (:mod:`transferkit.diagnosis`); ``None`` is 1.0.
     """
@@ -471,9 +496,9 @@ class Recipe:
     image_size: int | None = None
     task: str | None = None
     epochs: int = 10
-    learning_rate: float = 3e-3
+    learning_rate: float | str = DEFAULT_LEARNING_RATE
     fine_tune_epochs: int = 15
-    fine_tune_learning_rate: float | None = None
+    fine_tune_learning_rate: float | str | None = None
     unfreeze: int | None = None
     plan: str = "auto"
     similarity: str | None = None
@@ -496,6 +521,10 @@ class Recipe:
     label_smoothing: float = 0.0
     weight_decay: float | None = None
     clip_norm: float | None = None
+    clip_value: float | None = None
+    ema: float | None = None
+    snapshots: int | None = None
+    tta: int | None = None
     target_accuracy: float | None = None
 
     def __post_init__(self):
@@ -503,9 +532,16 @@ class Recipe:
         object.__setattr__(self, "schedule", schedule_config(self.schedule, "cosine"))
         object.__setattr__(self, "head_schedule", schedule_config(self.head_schedule, "constant"))
         check_number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
-        for name in ("weight_decay", "clip_norm"):
+        for name in ("weight_decay", "clip_norm", "clip_value"):
             if getattr(self, name) is not None:
                 check_number(name, getattr(self, name), low=0, low_open=True)
+        if self.clip_norm is not None and self.clip_value is not None:
+            raise RecipeError("Give clip_norm or clip_value, not both (Keras optimizers take one clipping rule).")
+        if self.ema is not None:
+            check_number("ema", self.ema, low=0, high=1, low_open=True, high_open=True)
+        if self.tta is not None:
+            check_number("tta", self.tta, low=2, high=MAX_TTA, integer=True)
+        self._check_snapshots()
         if self.target_accuracy is not None:
             check_number("target_accuracy", self.target_accuracy, low=0, high=1, low_open=True)
         _check_int("epochs", self.epochs, 0)
@@ -518,7 +554,7 @@ class Recipe:
         if self.image_size is not None:
             _check_int("image_size", self.image_size, MIN_IMAGE_SIZE)
         for name in ("learning_rate", "fine_tune_learning_rate"):
-            if getattr(self, name) is not None:
+            if getattr(self, name) is not None and getattr(self, name) != AUTO:
                 check_number(name, getattr(self, name), low=0, low_open=True)
         check_number("val_split", self.val_split, low=0, high=1, low_open=True, high_open=True)
         for name in ("gradual", "class_weight", "feature_cache", "allow_download"):
@@ -552,10 +588,41 @@ class Recipe:
                 f"(the Python API's build_model takes any of {TASKS})."
             )
 
+    def _check_snapshots(self) -> None:
+        if self.snapshots is None:
+            return
+        check_number("snapshots", self.snapshots, low=2, integer=True)
+        if self.schedule.kind != "sgdr":
+            raise RecipeError(f"snapshots: {self.snapshots} keeps the weights at the end of each SGDR cycle, so it "
+                              f"needs schedule: sgdr (got {self.schedule.kind}). Add --schedule sgdr.")
+        if self.gradual:
+            raise RecipeError("snapshots and gradual unfreezing do not combine: the snapshots are taken over one "
+                              "stage 2. Leave out one of them.")
+        if self.prune is not None:
+            raise RecipeError("snapshots and prune do not combine: the snapshot ensemble is several models. "
+                              "Leave out one of them.")
+        if self.schedule.cycles != self.snapshots:  # one snapshot per cycle
+            object.__setattr__(self, "schedule", dataclasses.replace(self.schedule, cycles=self.snapshots))
+
+    @property
+    def auto_rates(self) -> tuple[str, ...]:
+        """The learning-rate settings given as ``"auto"`` (found by the LR finder)."""
+        return tuple(name for name in ("learning_rate", "fine_tune_learning_rate") if getattr(self, name) == AUTO)
+
+    def numeric(self) -> "Recipe":
+        """This recipe with ``"auto"`` rates replaced by their defaults (the planner's starting point)."""
+        values = {}
+        if self.learning_rate == AUTO:
+            values["learning_rate"] = DEFAULT_LEARNING_RATE
+        if self.fine_tune_learning_rate == AUTO:
+            values["fine_tune_learning_rate"] = None
+        return dataclasses.replace(self, **values) if values else self
+
     @property
     def stage2_learning_rate(self) -> float:
         """Stage 2 peak learning rate, defaulting to a tenth of stage 1's."""
-        return self.fine_tune_learning_rate or self.learning_rate / 10
+        recipe = self.numeric()
+        return recipe.fine_tune_learning_rate or recipe.learning_rate / 10
 
     def replace(self, **overrides: Any) -> "Recipe":
         """A copy with ``overrides`` applied; ``None`` values are ignored."""

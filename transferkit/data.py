@@ -17,7 +17,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from transferkit.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "TTA_VIEWS",
+    "tta_view",
     "class_files",
     "decoded_budget",
     "FolderScan",
@@ -497,3 +499,40 @@ def _mapped_dataset(x, y, *, batch_size: int, shuffle: bool, seed: int):
         return (tuple(features) if isinstance(x, tuple) else features[0]), target
 
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+#: The deterministic test-time views, in the order ``tta=N`` takes them:
+#: the image, its mirror, an 87.5 % centre crop (and its mirror), then the
+#: four 87.5 % corner crops; crops are resized back to the input size.
+TTA_VIEWS = ("identity", "flip", "center", "center_flip", "top_left", "top_right", "bottom_left", "bottom_right")
+TTA_CROP = 0.875
+
+
+def tta_view(images: Any, view: str) -> Any:
+    """One test-time view of a batch of images (``(n, h, w, 3)``, pixels in [0, 255]).
+
+    Args:
+        images: The batch (NumPy or tensor).
+        view: One of :data:`TTA_VIEWS`.
+
+    Returns:
+        A float32 tensor of the same shape.
+
+    Raises:
+        ValueError: For an unknown view.
+    """
+    import tensorflow as tf
+
+    if view not in TTA_VIEWS:
+        raise ValueError(f"view must be one of {TTA_VIEWS}, got {view!r}")
+    x = tf.convert_to_tensor(images, tf.float32)
+    crop = view.replace("_flip", "")
+    if crop not in ("identity", "flip"):
+        c, m = TTA_CROP, (1 - TTA_CROP) / 2
+        box = {"center": [m, m, 1 - m, 1 - m], "top_left": [0, 0, c, c], "top_right": [0, 1 - c, c, 1],
+               "bottom_left": [1 - c, 0, 1, c], "bottom_right": [1 - c, 1 - c, 1, 1]}[crop]
+        n = tf.shape(x)[0]
+        x = tf.image.crop_and_resize(x, tf.tile([box], [n, 1]), tf.range(n), tf.shape(x)[1:3])
+    if view.endswith("flip"):
+        x = tf.image.flip_left_right(x)
+    return x

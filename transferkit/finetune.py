@@ -34,7 +34,9 @@ from transferkit.planning import hub_plan, make_plan
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone, is_hub
 from transferkit.runs import (HubExport, RunRecord, RunState, check_output, check_writable, data_metrics,
                               fingerprint, load_state, save_run, versions)
-from transferkit.training import Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan
+from transferkit.ensemble import snapshot_ensemble
+from transferkit.finder import auto_rates, found_rates
+from transferkit.training import Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan, technique_records
 from transferkit.weights import WeightsSource
 
 __all__ = ["FineTuneResult", "Prepared", "prepare", "finetune", "plan"]
@@ -172,12 +174,13 @@ def plan(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe | N
         TransferkitError: Subclasses for bad data, recipes or weights.
     """
     prep = prepare(data, recipe=recipe, registry=registry, writes=False, **overrides)
-    set_seed(prep.recipe.seed)
+    recipe = prep.recipe.numeric()  # "auto" rates are found when the run trains
+    set_seed(recipe.seed)
     if isinstance(prep.spec, HubBackbone):
-        model, _ = frozen_model(prep.spec, prep.recipe.image_size, prep.recipe.head, prep.task)
-        return hub_plan(prep.spec, model, prep.images, prep.recipe, prep.resolution)
+        model, _ = frozen_model(prep.spec, recipe.image_size, recipe.head, prep.task)
+        return hub_plan(prep.spec, model, prep.images, recipe, prep.resolution)
     transfer = build_model(prep.spec, registry=registry, **prep.build)
-    return make_plan(transfer, prep.images, prep.recipe, prep.resolution)
+    return make_plan(transfer, prep.images, recipe, prep.resolution)
 
 
 def finetune(
@@ -243,6 +246,7 @@ def finetune(
         keras.mixed_precision.set_global_policy(previous_policy)
     if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
         record.diagnosis = diagnose_run(result.model, prep.images, record, prep.recipe)
+    technique_records(record, result.model, prep.images, prep.recipe)
     record.seconds_total = round(time.perf_counter() - started, 2)
     output = prep.recipe.output
     if export is not None:  # a Hub run also writes its self-contained SavedModel
@@ -297,13 +301,13 @@ def _record(prep: Prepared, plan_: FreezePlan, stages: list, **fields: Any) -> R
                      stages=[asdict(s) for s in stages], seed=prep.recipe.seed,
                      precision=prep.recipe.mixed_precision or "float32",
                      jit_compile="auto" if prep.recipe.jit_compile is None else prep.recipe.jit_compile,
-                     versions=versions(), **fields)
+                     versions=versions(), lr_find=found_rates(plan_), **fields)
 
 
 def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequence[Any],
                        checkpoint: Checkpoint | None) -> tuple[FineTuneResult, RunRecord, None]:
     """:func:`finetune` on a registry backbone; with a loaded checkpoint, the plan is read back, not measured."""
-    recipe, spec = prep.recipe, prep.spec
+    recipe, spec = prep.recipe.numeric(), prep.spec  # "auto" rates: the planner starts from the defaults
     set_seed(recipe.seed)
     transfer = build_model(spec, **prep.build)
     log.info("Backbone %s %s at %d px; %d layer groups: %s", spec.name, transfer.variant or "", recipe.image_size,
@@ -319,11 +323,21 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequen
         set_seed(recipe.seed)
         transfer = build_model(spec, cut=plan_.cut, **prep.build)
     history: list[dict[str, Any]] = []
+
+    latest = [plan_]
+
+    def keep(found: FreezePlan) -> None:  # a plan with a found rate: for metrics.json and for a resume
+        latest.append(found)
+        if checkpoint is not None:
+            checkpoint.state.plan = found.to_dict()
+
+    plan_, before_fine_tune = auto_rates(transfer, prep.images, prep.recipe, plan_, on_plan=keep)
     stages = run_plan(transfer, prep.images, recipe, plan_, verbose=verbose, history=history, callbacks=callbacks,
-                      checkpoint=checkpoint)
+                      checkpoint=checkpoint, before_fine_tune=before_fine_tune)
+    plan_ = latest[-1]
     kept = [s for s in stages if s.kept]
     tuned = bool(kept) and kept[-1].name.startswith("fine_tune")
-    unfreeze(transfer, len(kept[-1].unfrozen_groups) if tuned else 0)
+    cut = unfreeze(transfer, len(kept[-1].unfrozen_groups) if tuned else 0)
     record = _record(prep, plan_, stages, variant=transfer.variant,
                      weights_source=transfer.weights_source.describe(), weights=transfer.weights_source.to_dict(),
                      unfreeze_groups=len(kept[-1].unfrozen_groups) if tuned else 0,
@@ -337,16 +351,20 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequen
         history.extend(pruned.history)
         record.val_accuracy, record.val_loss = pruned.metrics["val_accuracy_after"], pruned.metrics["val_loss_after"]
         record.pruning, tflite = pruned.metrics, pruned.tflite
-    compile_model(transfer.model, transfer.task)
-    return FineTuneResult(transfer.model, {}, history, recipe, plan=plan_, tflite=tflite), record, None
+    model = compile_model(transfer.model, transfer.task)
+    if transfer.members:  # a snapshot ensemble: one model averaging the members, the frozen part shared
+        model = compile_model(snapshot_ensemble(transfer, transfer.members, cut), transfer.task)
+    return FineTuneResult(model, {}, history, prep.recipe, plan=plan_, tflite=tflite), record, None
 
 
 def _finetune_hub(prep: Prepared, *, verbose: int | None,
                   callbacks: Sequence[Any]) -> tuple[FineTuneResult, RunRecord, HubExport]:
     """:func:`finetune` on a TF-Hub backbone (:mod:`transferkit.hub`)."""
     recipe, hub, task = prep.recipe, prep.spec, prep.task
-    if recipe.prune is not None:
-        raise RecipeError(f"prune: needs a registry backbone; {hub.name} is a SavedModel, opaque to TF-MOT.")
+    for name, value, what in (("prune", recipe.prune, "TF-MOT"), ("snapshots", recipe.snapshots, "the ensemble"),
+                              ("learning_rate: auto", recipe.auto_rates or None, "the LR finder")):
+        if value is not None:
+            raise RecipeError(f"{name} needs a registry backbone; {hub.name} is a SavedModel, opaque to {what}.")
     log.info("Backbone %s (%s, %s) at %d px, pixels scaled to %s (%s)", hub.name, hub.source, hub.path,
              recipe.image_size, list(hub.input_range), hub.range_source)
     set_seed(recipe.seed)

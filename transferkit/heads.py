@@ -86,6 +86,8 @@ def build_head(features, config: HeadConfig, task: TaskSpec, keras_module=None):
     keras = keras_module
 
     x = features
+    penalty = getattr(config, "l1", 0.0), getattr(config, "l2", 0.0)
+    regularizer = (lambda: keras.regularizers.L1L2(*penalty)) if any(penalty) else (lambda: None)
     if len(x.shape) == 4:
         pool = {
             "avg": keras.layers.GlobalAveragePooling2D,
@@ -96,11 +98,11 @@ def build_head(features, config: HeadConfig, task: TaskSpec, keras_module=None):
     for i, units in enumerate(config.dense):
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)
-        x = keras.layers.Dense(units, name=f"head_dense_{i}")(x)
+        x = keras.layers.Dense(units, kernel_regularizer=regularizer(), name=f"head_dense_{i}")(x)
         if config.batch_norm:
             x = keras.layers.BatchNormalization(name=f"head_bn_{i}")(x)
         x = keras.layers.Activation(config.activation, name=f"head_act_{i}")(x)
     if config.dropout:
         x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     return keras.layers.Dense(task.units, activation=task.activation, dtype="float32",
-                              name="head_output")(x)
+                              kernel_regularizer=regularizer(), name="head_output")(x)

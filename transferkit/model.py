@@ -48,6 +48,8 @@ class TransferModel:
         image_size: Square input side.
         variant: Backbone variant arguments.
         head: The head's configuration.
+        members: Weights of a snapshot ensemble's members (set by a stage
+            that took snapshots, :func:`~transferkit.training.snapshot_scores`), else ``None``.
     """
 
     model: Any
@@ -58,6 +60,7 @@ class TransferModel:
     image_size: int
     variant: dict[str, Any] = field(default_factory=dict)
     head: HeadConfig = field(default_factory=HeadConfig)
+    members: list | None = None
 
 
 def build_model(

@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from transferkit.data import decode_image
-from transferkit.config import check_number
+from transferkit.config import MAX_TTA, check_number
+from transferkit.ensemble import predict_views
 from transferkit.errors import DataError, RecipeError
 from transferkit.runs import load_run
 
@@ -33,7 +34,7 @@ class Prediction:
 
 
 def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], top: int = 3, *,
-            skip_unreadable: bool = False, allow_saved_model: bool = True) -> list[Prediction]:
+            skip_unreadable: bool = False, allow_saved_model: bool = True, tta: int = 1) -> list[Prediction]:
     """Top classes for each image.
 
     Args:
@@ -44,17 +45,21 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
             an image that cannot be read, instead of raising.
         allow_saved_model: Whether a Hub run's ``saved_model/`` may be loaded
             (a TensorFlow graph that runs as it is).
+        tta: Average the probabilities of this many deterministic views
+            (:data:`~transferkit.data.TTA_VIEWS`: the image, its mirror,
+            then 87.5 % crops); 1 is the plain prediction.
 
     Returns:
         One :class:`Prediction` per image, in order.
 
     Raises:
-        RecipeError: For ``top`` below 1 or no images.
+        RecipeError: For ``top`` below 1, ``tta`` outside 1..8, or no images.
         ModelDirError: For a folder that is not a run folder, or whose files
             disagree (from :func:`~transferkit.runs.load_run`).
         DataError: For an image that cannot be read, naming it (unless ``skip_unreadable``).
     """
     check_number("top", top, low=1, integer=True)
+    check_number("tta", tta, low=1, high=MAX_TTA, integer=True)
     if not images:
         raise RecipeError("No images to classify: give one or more image files.")
     model, metrics = load_run(model_dir, allow_saved_model=allow_saved_model)
@@ -70,7 +75,7 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
                 raise DataError(errors[index]) from None
     rows = {}
     if decoded:
-        probabilities = model.predict(np.stack(list(decoded.values())).astype(np.float32), verbose=0)
+        probabilities = predict_views(model, np.stack(list(decoded.values())).astype(np.float32), tta)
         if probabilities.shape[-1] == 1:  # binary: one sigmoid unit is P(class 1)
             probabilities = np.concatenate([1 - probabilities, probabilities], axis=-1)
         rows = dict(zip(decoded, probabilities))

@@ -80,6 +80,14 @@ class RunRecord:
         pruning: The pruning report (pruned runs); its keys are written at
             the top level of ``metrics.json`` (:data:`PRUNE_KEYS`).
         source_run: The run a pruned run was made from.
+        lr_find: The LR finder's choices (``learning_rate: auto`` ...):
+            per stage, the rule, the rate used and every rule's suggestion.
+        ema: Averaged weights: ``momentum``, and the final stage's
+            ``val_accuracy`` (averaged) and ``val_accuracy_raw``.
+        snapshots: The snapshot ensemble: each member's and the ensemble's
+            validation accuracy (``model.keras`` is the ensemble).
+        tta: Test-time augmentation: ``views``, ``val_accuracy`` with them
+            and ``val_accuracy_plain`` without.
     """
 
     backbone: str
@@ -112,8 +120,13 @@ class RunRecord:
     diagnosis: dict[str, Any] | None = None
     pruning: dict[str, Any] | None = None
     source_run: str | None = None
+    lr_find: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None
+    snapshots: dict[str, Any] | None = None
+    tta: dict[str, Any] | None = None
 
-    _OPTIONAL = ("hub", "saved_model", "model_type", "diagnosis", "pruning", "source_run")
+    _OPTIONAL = ("hub", "saved_model", "model_type", "diagnosis", "pruning", "source_run", "lr_find", "ema",
+                 "snapshots", "tta")
 
     def to_dict(self) -> dict[str, Any]:
         """``metrics.json``'s content: the fields, absent optional sections left out, pruning flattened."""

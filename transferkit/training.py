@@ -38,7 +38,7 @@ from transferkit.schedules import gradual_steps, steps_per_epoch
 
 __all__ = ["StageResult", "StageFit", "StageResume", "FitProgress", "Checkpoint", "fit_stage", "compile_stage", "train_head", "train_unfrozen",
            "run_plan", "run_hub_plan", "better", "evaluate_stage", "verbosity", "model_head", "make_schedule",
-           "optimizer_options", "train_accuracy", "diagnose_run"]
+           "optimizer_options", "train_accuracy", "diagnose_run", "stage_model", "snapshot_scores", "technique_records"]
 
 log = logging.getLogger("transferkit")
 
@@ -65,6 +65,12 @@ class StageResult:
         epoch_seconds: Wall time of each epoch (validation included).
         resumed_from_epoch: When the run was restarted during this stage,
             the epochs it had finished before (their time is not counted).
+        val_accuracy_raw: With EMA (``recipe.ema``), the validation
+            accuracy of the raw weights at their best epoch (``val_accuracy``
+            is the averaged weights').
+        snapshots: With a snapshot ensemble: ``members`` (each snapshot's
+            validation accuracy, in order), ``ensemble`` (their averaged
+            probabilities'), ``steps`` (where each was taken).
     """
 
     name: str
@@ -82,6 +88,8 @@ class StageResult:
     kept: bool = True
     epoch_seconds: list[float] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    val_accuracy_raw: float | None = None
+    snapshots: dict[str, Any] | None = None
 
 
 @dataclass
@@ -94,12 +102,15 @@ class StageFit:
         best_epoch: 1-based epoch whose weights were kept.
         epoch_seconds: Each epoch's wall time.
         epochs: Epochs finished in the stage, those before a restart included.
+        raw_weights: With EMA, the raw (not averaged) weights of the best
+            epoch this call saw; the model holds the averaged ones.
     """
 
     rows: list[dict[str, Any]]
     best_epoch: int
     epoch_seconds: list[float]
     epochs: int
+    raw_weights: list | None = None
 
 
 def verbosity(verbose: int | None) -> int:
@@ -119,6 +130,7 @@ class StageResume:
         optimizer: The optimizer's variables, in ``optimizer.variables`` order.
         stopper: Early stopping's counters (``best``, ``best_epoch``, ``wait``).
         best_weights: Early stopping's best weights so far.
+        snapshots: Snapshot-ensemble members taken so far.
     """
 
     epoch: int = 0
@@ -126,6 +138,7 @@ class StageResume:
     optimizer: list | None = None
     stopper: dict[str, Any] = field(default_factory=dict)
     best_weights: list | None = None
+    snapshots: list = field(default_factory=list)
 
 
 @dataclass
@@ -137,6 +150,7 @@ class FitProgress:
     rows: list[dict[str, Any]]
     step: int
     stopper: Any
+    snapshots: list = field(default_factory=list)
 
 
 def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: tuple[str, str] | None = None,
@@ -175,8 +189,8 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
             (:class:`~transferkit.callbacks.StopOnDivergence`); the stage
             stops at that batch.
     """
-    from transferkit.callbacks import (EpochBackup, LearningRateLogger, ResumableEarlyStopping, ScheduleCallback,
-                                       StageTimer, StopOnDivergence)
+    from transferkit.callbacks import (AveragedWeights, EpochBackup, LearningRateLogger, ResumableEarlyStopping,
+                                       ScheduleCallback, Snapshots, StageTimer, StopOnDivergence)
 
     resume = resume or StageResume()
     if resume.optimizer is not None:
@@ -191,15 +205,20 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
                                          monitor=monitor[0], mode=monitor[1], patience=patience,
                                          restore_best_weights=True)
     rows: list[dict[str, Any]] = []
+    averaged = None
+    if getattr(model.optimizer, "use_ema", False) and not is_legacy(model):
+        averaged = AveragedWeights(monitor or ("val_loss", "min"), averaged_in_model=resume.epoch > 0)
+    snapshots = next((c for c in callbacks if isinstance(c, Snapshots)), None)
 
     def record(epoch: int, logs: dict) -> None:
         rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
                      "seconds": round(timer.seconds[-1], 3) if timer.seconds else None})
         if backup is not None and watch.diverged is None:  # a diverged epoch is never saved
-            backup(FitProgress(model, epoch + 1, rows, scheduler.step if scheduler else 0, stopper))
+            backup(FitProgress(model, epoch + 1, rows, scheduler.step if scheduler else 0, stopper,
+                               snapshots.members if snapshots else []))
 
     everything = [timer, watch] + ([scheduler] if scheduler else []) + [LearningRateLogger(), *callbacks]
-    everything += ([stopper] if stopper is not None else []) + [EpochBackup(record)]
+    everything += [c for c in (averaged, stopper) if c is not None] + [EpochBackup(record)]
     if is_legacy(model):
         from transferkit.compat import legacy_callbacks
 
@@ -211,7 +230,8 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
     best = resume.epoch + len(rows)
     if stopper is not None and stopper.best_weights is not None:
         best = stopper.best_epoch + 1
-    return StageFit(rows, int(best), [round(s, 3) for s in timer.seconds], resume.epoch + len(rows))
+    return StageFit(rows, int(best), [round(s, 3) for s in timer.seconds], resume.epoch + len(rows),
+                    averaged.raw_best if averaged is not None else None)
 
 
 class Checkpoint:
@@ -236,8 +256,10 @@ class Checkpoint:
         """Where stage ``name`` resumes, or ``None`` when it starts afresh."""
         if self.state.stage != name or self.state.epoch == 0:
             return None
+        snapshots = [self.arrays[f"snapshot_{k}"] for k in range(len(self.arrays)) if f"snapshot_{k}" in self.arrays]
         return StageResume(epoch=self.state.epoch, step=self.state.step, optimizer=self.arrays.get("optimizer"),
-                           stopper=self.state.stopper, best_weights=self.arrays.get("best") or None)
+                           stopper=self.state.stopper, best_weights=self.arrays.get("best") or None,
+                           snapshots=snapshots)
 
     def saver(self, name: str, whole: Any, history: list) -> Any:
         """The ``backup`` for :func:`fit_stage`: saves the state after each epoch of stage ``name``."""
@@ -252,8 +274,10 @@ class Checkpoint:
             best = progress.stopper.best_weights if progress.stopper is not None else None
             self.arrays.update(model=whole.get_weights(), best=list(best or []),
                                optimizer=[v.numpy() for v in progress.model.optimizer.variables])
+            self.arrays.update({f"snapshot_{k}": member for k, member in enumerate(progress.snapshots)})
+            kept = ("baseline", *(f"snapshot_{k}" for k in range(len(progress.snapshots) - 1)))
             try:
-                save_state(self.output, self.state, self.arrays, unchanged=("baseline",))
+                save_state(self.output, self.state, self.arrays, unchanged=kept)
             except OSError as error:  # a full disk must not end the training; the run just cannot resume here
                 log.warning("Could not save the resume state in %s (%s); training goes on.", self.output, error)
 
@@ -267,8 +291,8 @@ class Checkpoint:
         self.state.history, self.state.stage, self.state.epoch, self.state.step = list(history), next_stage, 0, 0
         self.state.stopper = {}
         self.arrays.update(model=whole.get_weights())
-        self.arrays.pop("optimizer", None)
-        self.arrays.pop("best", None)
+        for name in [n for n in self.arrays if n in ("optimizer", "best") or n.startswith("snapshot_")]:
+            self.arrays.pop(name)
         save_state(self.output, self.state, self.arrays)
 
 
@@ -323,9 +347,19 @@ def compile_stage(transfer: TransferModel, train_model: Any, recipe: Recipe, *, 
                          label_smoothing=recipe.label_smoothing)
 
 
-def optimizer_options(recipe: Recipe) -> dict[str, Any]:
-    """The optimizer arguments a recipe sets: ``weight_decay``, ``clipnorm``."""
-    options = {"weight_decay": recipe.weight_decay, "clipnorm": recipe.clip_norm}
+def optimizer_options(recipe: Recipe, *, ema: bool = True) -> dict[str, Any]:
+    """The optimizer arguments a recipe sets: ``weight_decay``, ``clipnorm``, ``clipvalue``, EMA.
+
+    Args:
+        recipe: The run's recipe.
+        ema: Whether the stage may average its weights (``recipe.ema``).
+
+    Returns:
+        Keyword arguments of the Keras optimizer.
+    """
+    options = {"weight_decay": recipe.weight_decay, "clipnorm": recipe.clip_norm, "clipvalue": recipe.clip_value}
+    if ema and recipe.ema is not None:
+        options.update(use_ema=True, ema_momentum=recipe.ema)
     return {key: value for key, value in options.items() if value is not None}
 
 
@@ -368,6 +402,33 @@ def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> d
     return found.to_dict()  # the CLI prints Diagnosis.explain() once, after the stage summary
 
 
+def technique_records(record: Any, model: Any, images: ImageSet, recipe: Recipe) -> None:
+    """Fill ``metrics.json``'s ``ema``, ``snapshots`` and ``tta`` sections from the stages and the final model.
+
+    Args:
+        record: The :class:`~transferkit.runs.RunRecord` (its ``stages`` are read).
+        model: The final compiled model (raw pixels in).
+        images: The data (``tta`` scores the validation images).
+        recipe: ``ema``, ``snapshots``, ``tta``.
+    """
+    from transferkit.ensemble import predict_views
+
+    kept = [s for s in record.stages if s["kept"]]
+    final = kept[-1] if kept else None
+    if recipe.ema is not None and final is not None:
+        record.ema = {"momentum": recipe.ema, "stage": final["name"], "val_accuracy": final["val_accuracy"],
+                      "val_accuracy_raw": final.get("val_accuracy_raw")}
+    tuned = [s for s in record.stages if s.get("snapshots")]
+    if tuned:
+        found = tuned[-1]["snapshots"]
+        record.snapshots = {**found, "last_member": found["members"][-1], "kept": tuned[-1]["kept"]}
+    if recipe.tta and len(images.y_val):
+        plain = predict_views(model, images.x_val, 1, batch_size=max(64, recipe.batch_size))
+        views = predict_views(model, images.x_val, recipe.tta, batch_size=max(64, recipe.batch_size))
+        record.tta = {"views": recipe.tta, "val_accuracy": _accuracy(views, images.y_val),
+                      "val_accuracy_plain": _accuracy(plain, images.y_val)}
+
+
 def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: int,
                   monitor: tuple[str, str]) -> tuple[Any, list]:
     """A stage's learning-rate schedule from its config: a Keras schedule, or the plateau callback.
@@ -408,9 +469,22 @@ def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: in
     return schedule, []
 
 
-def _stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: str | None, augment: bool,
-                 name: str) -> tuple[Any, Any, Any, str, float]:
-    """What a stage trains and on what: ``(model, x_train, x_val, cache state, feature seconds)``."""
+def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: str | None, augment: bool,
+                name: str) -> tuple[Any, Any, Any, str, float]:
+    """What a stage trains and on what: ``(model, x_train, x_val, cache state, feature seconds)``.
+
+    Args:
+        transfer: The whole model, unfrozen as the stage trains it.
+        data: The images.
+        recipe: ``feature_cache`` and ``batch_size``.
+        cut: The last frozen operation (from :func:`~transferkit.model.unfreeze`).
+        augment: Whether the stage augments (the cache is then off).
+        name: The stage's name, for the log.
+
+    Returns:
+        The whole model and the images, or the part above the cut and the
+        cached features below it; the cache state; the feature pass's seconds.
+    """
     state = cache_state(augment=augment, enabled=recipe.feature_cache, cut=cut)
     if state != "on":
         return transfer.model, data.x_train, data.x_val, state, 0.0
@@ -427,31 +501,93 @@ def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, nam
                  rates: dict[str, float] | None, verbose: int | None, history: list,
                  callbacks: Sequence[Any], checkpoint: Checkpoint | None = None) -> StageResult:
     """One stage of a registry model: unfreeze, cache below the cut, compile, fit, evaluate."""
+    from transferkit.callbacks import Snapshots
+    from transferkit.schedules import cycle_ends, first_cycle_for
+
     started = time.perf_counter()
     set_seed(recipe.seed)
     cut = unfreeze(transfer, groups)
     unfrozen = [g.name for g in transfer.groups[len(transfer.groups) - groups:]] if groups else []
-    model, x_train, x_val, state, feature_seconds = _stage_model(transfer, data, recipe, cut, augment is not None,
-                                                                 name)
+    model, x_train, x_val, state, feature_seconds = stage_model(transfer, data, recipe, cut, augment is not None,
+                                                                name)
     compile_stage(transfer, model, recipe, learning_rate=learning_rate,
                   rates={g: r for g, r in (rates or {}).items() if g in unfrozen} or None)
-    lr_schedule, schedule_callbacks = make_schedule(schedule, learning_rate, epochs=epochs,
-                                                    steps=steps_per_epoch(len(data.y_train), recipe.batch_size),
+    steps = steps_per_epoch(len(data.y_train), recipe.batch_size)
+    lr_schedule, schedule_callbacks = make_schedule(schedule, learning_rate, epochs=epochs, steps=steps,
                                                     monitor=transfer.task.monitor)
     train_ds = make_dataset(x_train, data.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed,
                             augment=augment)
     val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
     resume = checkpoint.resume_for(name) if checkpoint else None
+    snapshots = None
+    if recipe.snapshots and name == "fine_tune":  # one member per SGDR cycle of stage 2
+        ends = cycle_ends(first_cycle_for(epochs * steps, schedule.cycles, schedule.cycle_mult), schedule.cycles,
+                          schedule.cycle_mult)
+        snapshots = Snapshots(ends, source=transfer.model, initial_step=resume.step if resume else 0)
+        snapshots.members = list(resume.snapshots) if resume else []
     fit = fit_stage(model, train_ds, val_ds, epochs=epochs, monitor=transfer.task.monitor,
-                    callbacks=[*schedule_callbacks, *callbacks], schedule=lr_schedule, patience=recipe.patience, class_weight=weights, verbose=verbosity(verbose),
-                    name=name, resume=resume,
+                    callbacks=[*schedule_callbacks, *callbacks, *([snapshots] if snapshots else [])],
+                    schedule=lr_schedule, patience=None if snapshots else recipe.patience, class_weight=weights,
+                    verbose=verbosity(verbose), name=name, resume=resume,
                     backup=checkpoint.saver(name, transfer.model, history) if checkpoint else None)
     history.extend({"stage": name, **row} for row in fit.rows)
+    found = snapshot_scores(transfer, model, snapshots.members, val_ds, data.y_val) if snapshots else None
     result = evaluate_stage(model, val_ds, name=name, fit=fit, started=started, feature_seconds=feature_seconds,
                             cache=state, learning_rate=learning_rate, unfrozen=unfrozen,
                             augment=augment is not None, trainable=trainable_params(transfer.model))
-    return replace(result, resumed_from_epoch=resume.epoch if resume else None)
+    raw = _raw_accuracy(model, fit.raw_weights, val_ds) if fit.raw_weights is not None else None
+    if found is not None:
+        result = replace(result, val_accuracy=found["ensemble"], snapshots={**found, "steps": snapshots.taken_at})
+    return replace(result, resumed_from_epoch=resume.epoch if resume else None, val_accuracy_raw=raw)
+
+
+def _raw_accuracy(model: Any, raw: list, val: Any) -> float | None:
+    """Validation accuracy of ``raw`` weights; the model's own weights are put back."""
+    kept = model.get_weights()
+    model.set_weights(raw)
+    try:
+        result = model.evaluate(val, verbose=0, return_dict=True)
+    finally:
+        model.set_weights(kept)
+    accuracy = result.get("accuracy", result.get("binary_accuracy"))
+    return None if accuracy is None else round(float(accuracy), 4)
+
+
+def snapshot_scores(transfer: TransferModel, model: Any, members: list, val: Any, y_val: Any) -> dict[str, Any]:
+    """Each snapshot's validation accuracy and their ensemble's (mean of probabilities).
+
+    The snapshots are kept on ``transfer.members``; the model ends with the
+    last member's weights.
+
+    Args:
+        transfer: The whole model (the members are its weights).
+        model: What the stage trained (the whole model, or its part above the cache).
+        members: The whole model's weights at each snapshot.
+        val: The validation dataset ``model`` takes.
+        y_val: The validation labels.
+
+    Returns:
+        ``{"members": [accuracy, ...], "ensemble": accuracy}``.
+    """
+    import numpy as np
+
+    scores, probabilities = [], []
+    for member in members:
+        transfer.model.set_weights(member)
+        p = np.asarray(model.predict(val, verbose=0), dtype=np.float64)
+        probabilities.append(p)
+        scores.append(_accuracy(p, y_val))
+    transfer.members = list(members)
+    return {"members": scores, "ensemble": _accuracy(np.mean(probabilities, axis=0), y_val)}
+
+
+def _accuracy(probabilities: Any, labels: Any) -> float:
+    import numpy as np
+
+    labels = np.asarray(labels).reshape(-1)
+    guess = (probabilities[:, 0] > 0.5).astype(int) if probabilities.shape[-1] == 1 else probabilities.argmax(-1)
+    return round(float(np.mean(guess == labels)), 4)
 
 
 def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epochs: int | None = None,
@@ -529,7 +665,8 @@ def better(stage: StageResult, baseline: StageResult, monitor: tuple[str, str]) 
 
 def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: FreezePlan, *,
              verbose: int | None = None, history: list | None = None,
-             callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> list[StageResult]:
+             callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None,
+             before_fine_tune: Any = None) -> list[StageResult]:
     """Train ``transfer`` as ``plan`` says: head, then the fine-tuned groups.
 
     Stage 2 starts from stage 1's best weights; when it ends below them on
@@ -547,6 +684,9 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
         checkpoint: Saves the run's state each epoch (``RUN_DIR/.state/``)
             and, when it was loaded from one, skips the finished stages and
             resumes the current one after its last finished epoch.
+        before_fine_tune: ``before_fine_tune(plan) -> plan``, called once
+            before stage 2 starts (not when it resumes); the plan it returns
+            sets stage 2's rates (the LR finder's ``fine_tune_learning_rate: auto``).
 
     Returns:
         The stages run, in order.
@@ -574,6 +714,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
     if checkpoint and "baseline" not in checkpoint.arrays:
         checkpoint.arrays["baseline"] = transfer.model.get_weights()
     before = checkpoint.arrays["baseline"] if checkpoint else transfer.model.get_weights() if baseline else None
+    if before_fine_tune is not None and names[0] not in done and not (checkpoint and checkpoint.resume_for(names[0])):
+        plan = before_fine_tune(plan)
     second = []
     for k, ((groups, epochs), name) in enumerate(zip(steps, names)):
         second.append(done.get(name) or train_unfrozen(transfer, images, recipe, groups,
@@ -583,6 +725,7 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
             checkpoint.stage_done(second[-1], transfer.model, history, names[k + 1] if k + 1 < len(names) else None)
     if baseline is not None and not better(second[-1], baseline, transfer.task.monitor):
         transfer.model.set_weights(before)
+        transfer.members = None
         second = [replace(stage, kept=False) for stage in second]
         log.info("Stage 2 ended below stage 1 on the validation set; stage 1's weights were kept.")
     return stages + second
@@ -634,7 +777,9 @@ def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, pla
     rate = plan.group_learning_rates["hub"]
     schedule, extra = make_schedule(recipe.schedule, rate, epochs=plan.fine_tune_epochs,
                                     steps=steps_per_epoch(len(images.y_train), recipe.batch_size), monitor=task.monitor)
-    compile_model(tuned, task, optimizer=make_optimizer(tuned, rate, **optimizer_options(recipe)))
+    if recipe.ema is not None:
+        log.warning("EMA (--ema) is not applied to the Hub backbone's tf_keras stage; its head stage used it.")
+    compile_model(tuned, task, optimizer=make_optimizer(tuned, rate, **optimizer_options(recipe, ema=False)))
     augment = augment_config(recipe.augment if plan.augment == "custom" else plan.augment)
     train_ds = make_dataset(images.x_train, images.y_train, batch_size=recipe.batch_size, shuffle=True,
                             seed=recipe.seed, augment=augment)
@@ -650,8 +795,9 @@ def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, pla
 
 
 def model_head(plan: FreezePlan, recipe: Recipe) -> Any:
-    """The :class:`~transferkit.config.HeadConfig` a plan settles on (its ``head`` entry)."""
-    return type(recipe.head)(**{**plan.head, "dense": tuple(plan.head["dense"])})
+    """The :class:`~transferkit.config.HeadConfig` a plan settles on (its ``head`` entry; the recipe's L1/L2)."""
+    return type(recipe.head)(**{**plan.head, "dense": tuple(plan.head["dense"]), "l1": recipe.head.l1,
+                                "l2": recipe.head.l2})
 
 
 def run_hub_plan(hub: Any, model: Any, feature_model: Any, images: ImageSet, recipe: Recipe, plan: FreezePlan,

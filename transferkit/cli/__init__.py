@@ -17,13 +17,14 @@ import shlex
 import sys
 from typing import Sequence
 
-from transferkit.cli import backbones, finetune, plan, predict, prune
+from transferkit.cli import backbones, finetune, lr_find, plan, predict, prune
 from transferkit.errors import TransferkitError
 
 __all__ = ["main", "COMMANDS"]
 
 #: Every command, in ``--help`` order: name → its module (``register``, ``run``).
-COMMANDS = {"backbones": backbones, "finetune": finetune, "plan": plan, "prune": prune, "predict": predict}
+COMMANDS = {"backbones": backbones, "finetune": finetune, "lr-find": lr_find, "plan": plan, "prune": prune,
+            "predict": predict}
 
 
 def build_parser() -> argparse.ArgumentParser:

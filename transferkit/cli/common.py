@@ -10,7 +10,7 @@ from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
 from transferkit.errors import RecipeError
 from transferkit.registry import is_hub
 
-__all__ = ["add_data_options", "recipe_from_args", "print_table"]
+__all__ = ["add_data_options", "recipe_from_args", "print_table", "rate_or_auto"]
 
 
 def add_data_options(command: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--offline", action="store_true", help="never download weights or data")
     command.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
     command.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (0 skips stage 2)")
-    command.add_argument("--learning-rate", type=float, help="stage 1 learning rate (stage 2 starts at a tenth)")
+    command.add_argument("--learning-rate", type=rate_or_auto,
+                         help="stage 1 learning rate (stage 2 starts at a tenth), or auto: the LR finder's")
     plan = command.add_argument_group("freeze plan (each flag overrides the planner, and is recorded)")
     plan.add_argument("--plan", choices=["auto", "none"],
                       help="auto (default): measure the data and plan; none: the flags as given")
@@ -41,9 +42,20 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
                       help="declare similarity to ImageNet instead of using the measured one")
     plan.add_argument("--unfreeze", type=int, help="layer groups fine-tuned in stage 2, from the top")
     plan.add_argument("--cut", help="last backbone group kept; the groups above it are dropped")
-    plan.add_argument("--fine-tune-learning-rate", type=float, help="stage 2 peak learning rate (top group)")
+    plan.add_argument("--fine-tune-learning-rate", type=rate_or_auto,
+                      help="stage 2 peak learning rate (top group), or auto: the LR finder's after stage 1")
     plan.add_argument("--augment", choices=["none", "light", "strong"], help="training augmentation")
     plan.add_argument("--gradual", action="store_true", help="unfreeze one group at a time in stage 2")
+
+
+def rate_or_auto(text: str) -> float | str:
+    """A learning-rate flag's value: a number, or ``auto`` (the LR finder's suggestion)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 3e-3, or auto; got {text!r}") from None
 
 
 def recipe_from_args(args: argparse.Namespace):
@@ -68,7 +80,10 @@ def recipe_from_args(args: argparse.Namespace):
         variant["alpha"] = args.alpha
     optional = {name: getattr(args, name, None) for name in (
         "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output", "label_smoothing", "weight_decay",
-        "clip_norm", "target_accuracy")}
+        "clip_norm", "clip_value", "ema", "snapshots", "tta", "target_accuracy")}
+    penalties = {name: getattr(args, name, None) for name in ("l1", "l2")}
+    if any(value is not None for value in penalties.values()):
+        optional["head"] = dataclasses.replace(recipe.head, **{k: v for k, v in penalties.items() if v is not None})
     for name in ("schedule", "head_schedule"):  # a kind on the command line keeps the recipe's parameters
         kind = getattr(args, name, None)
         if kind is not None:

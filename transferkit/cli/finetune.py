@@ -8,7 +8,7 @@ import os
 from transferkit.cli.common import add_data_options, recipe_from_args
 from transferkit.errors import RecipeError
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "technique_lines"]
 
 EXAMPLES = """examples:
   transferkit finetune --demo
@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   transferkit finetune data/train --val-dir data/val --backbone efficientnet_b0 --epochs 5 --output runs/b0
   transferkit finetune --recipe recipes/sign_digits.yaml --fine-tune-epochs 5
   transferkit finetune data/xrays --similarity different --unfreeze 8 --output runs/xrays
+  transferkit finetune --demo --learning-rate auto --schedule one-cycle --ema --output runs/ema
+  transferkit finetune --demo --schedule sgdr --snapshots 3 --tta 4 --output runs/snapshots
 """
 
 
@@ -42,6 +44,15 @@ def register(commands) -> argparse.ArgumentParser:
     techniques.add_argument("--label-smoothing", type=float, help="label smoothing, e.g. 0.1 (default 0)")
     techniques.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW), e.g. 1e-4")
     techniques.add_argument("--clip-norm", type=float, help="clip each gradient to this norm")
+    techniques.add_argument("--clip-value", type=float, help="clip each gradient element to [-V, V]")
+    techniques.add_argument("--l1", type=float, help="L1 penalty on the head's dense kernels")
+    techniques.add_argument("--l2", type=float, help="L2 penalty on the head's dense kernels")
+    techniques.add_argument("--ema", type=float, nargs="?", const=0.999, metavar="MOMENTUM",
+                            help="validate and save an exponential moving average of the weights (default 0.999)")
+    techniques.add_argument("--snapshots", type=int, metavar="M",
+                            help="with --schedule sgdr: save the ensemble of the M cycle-end snapshots")
+    techniques.add_argument("--tta", type=int, metavar="N",
+                            help="also report validation accuracy averaged over N test-time views (2-8)")
     techniques.add_argument("--target-accuracy", type=float,
                             help="human-level / Bayes proxy for the bias/variance diagnosis (default 1.0)")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
@@ -69,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
               f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
     print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
           f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
+    for line in technique_lines(metrics):
+        print(line)
     if metrics.get("diagnosis"):
         from transferkit.diagnosis import Diagnosis
 
@@ -76,3 +89,23 @@ def run(args: argparse.Namespace) -> int:
     extra = ", saved_model/" if "saved_model" in metrics else ", model.tflite" if "sparsity" in metrics else ""
     print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml")
     return 0
+
+
+def technique_lines(metrics: dict) -> list[str]:
+    """One line for each technique a run used: the found rates, EMA, the snapshot ensemble, TTA."""
+    lines = []
+    for stage, found in (metrics.get("lr_find") or {}).items():
+        lines.append(f"lr-find ({stage}): {found['rule']} chose {found['learning_rate']:.3g}")
+    if metrics.get("ema"):
+        ema = metrics["ema"]
+        lines.append(f"ema {ema['momentum']}: val_accuracy {ema['val_accuracy']} averaged, "
+                     f"{ema['val_accuracy_raw']} raw ({ema['stage']})")
+    if metrics.get("snapshots"):
+        snap = metrics["snapshots"]
+        kept = "" if snap["kept"] else " (below stage 1: not kept)"
+        lines.append(f"snapshots: members {snap['members']}, ensemble {snap['ensemble']}{kept}")
+    if metrics.get("tta"):
+        tta = metrics["tta"]
+        lines.append(f"tta {tta['views']} views: val_accuracy {tta['val_accuracy']} "
+                     f"(without: {tta['val_accuracy_plain']})")
+    return lines

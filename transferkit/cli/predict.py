@@ -14,6 +14,8 @@ def register(commands) -> argparse.ArgumentParser:
     guess.add_argument("model_dir", help="output folder of `transferkit finetune`")
     guess.add_argument("images", nargs="+", help="image files")
     guess.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    guess.add_argument("--tta", type=int, default=1, metavar="N",
+                       help="average N deterministic test-time views: flips, then crops (1-8, default 1: none)")
     return guess
 
 
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     """Print each image's top classes (unreadable images named on stderr); exit 1 if any was unreadable."""
     from transferkit.predict import predict
 
-    predictions = predict(args.model_dir, args.images, top=args.top, skip_unreadable=True)
+    predictions = predict(args.model_dir, args.images, top=args.top, skip_unreadable=True, tta=args.tta)
     for prediction in predictions:
         if prediction.error:
             print(f"{prediction.path}: error: {prediction.error}", file=sys.stderr)
