@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean bench bench-planner bench-prune bench-hub
+.PHONY: demo test install clean bench bench-planner bench-prune bench-hub bench-techniques
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-prune: $(VENV)/.installed
 
 bench-hub: $(VENV)/.installed
 	$(PY) benchmarks/hub.py
+
+bench-techniques: $(VENV)/.installed
+	$(PY) benchmarks/techniques.py --seeds 0 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

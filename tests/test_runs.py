@@ -81,3 +81,43 @@ def test_the_record_round_trips_and_flattens_the_pruning_report():
     assert flat["sparsity"] == 0.8 and "pruning" not in flat and "hub" not in flat
     assert list(flat)[:2] == ["val_accuracy", "val_loss"] and list(flat)[-1] == "source_run"
     assert RunRecord.from_dict(flat) == record
+
+
+PRUNE_KILLER = """
+import os, signal, sys, keras
+import transferkit as tk
+
+class KillInEpoch3(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 2 and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run, out, kill = sys.argv[1:4]
+tk.prune(run, output=out, epochs=4, target_sparsity=0.5, verbose=0, callbacks=[KillInEpoch3()] if kill else [])
+"""
+
+
+def test_a_prune_run_killed_mid_way_resumes_after_its_last_finished_epoch(sign_digits, mobilenet_v2_h5, tmp_path):
+    from transferkit import finetune
+
+    data = _folder(sign_digits, tmp_path / "data")
+    finetune(data, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
+             epochs=1, fine_tune_epochs=0, plan="none", batch_size=8, output=tmp_path / "run", verbose=0)
+    out = tmp_path / "pruned"
+
+    def run(kill):
+        return subprocess.run([sys.executable, "-c", PRUNE_KILLER, str(tmp_path / "run"), str(out), kill],
+                              capture_output=True, text=True, timeout=600)
+
+    killed = run("kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((out / ".state" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == ("prune", 2) and not (out / "metrics.json").exists()
+    done = run("")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("prune", e) for e in (1, 2, 3, 4)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["sparsity"] - 0.5) <= 0.01 and not (out / ".state").exists()

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from transferkit.backbones import check_image_size
 from transferkit.config import Recipe
 from transferkit.data import ImageSet, load_image_folder, scan_folder
-from transferkit.errors import RecipeError, RunExistsError
+from transferkit.errors import RecipeError
 from transferkit.heads import task_spec
 from transferkit.hub import HubBackbone, frozen_model, hub_image_size, load_hub
 from transferkit.measure import folder_resolution
@@ -32,8 +32,8 @@ from transferkit.model import build_model, compile_model, set_seed, unfreeze
 from transferkit.planner import FreezePlan
 from transferkit.planning import hub_plan, make_plan
 from transferkit.registry import REGISTRY, BackboneSpec, Registry, get_backbone, is_hub
-from transferkit.runs import (HubExport, RunRecord, RunState, check_output, check_writable, data_metrics,
-                              fingerprint, load_state, save_run, versions)
+from transferkit.runs import (HubExport, RunRecord, check_output, check_writable, data_metrics, fingerprint, save_run,
+                              versions)
 from transferkit.ensemble import snapshot_ensemble
 from transferkit.finder import auto_rates, found_rates
 from transferkit.training import Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan, technique_records
@@ -240,8 +240,9 @@ def finetune(
         if isinstance(prep.spec, HubBackbone):
             result, record, export = _finetune_hub(prep, verbose=verbose, callbacks=tuple(callbacks))
         else:
+            checkpoint = Checkpoint.open(prep.recipe.output, fingerprint(prep.recipe, prep.images), overwrite=overwrite)
             result, record, export = _finetune_registry(prep, verbose=verbose, callbacks=tuple(callbacks),
-                                                        checkpoint=_checkpoint(prep, overwrite))
+                                                        checkpoint=checkpoint)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
@@ -262,33 +263,6 @@ def finetune(
     if export is not None:
         result.model = export.model
     return result
-
-
-def _checkpoint(prep: Prepared, overwrite: bool) -> Checkpoint | None:
-    """The run's :class:`~transferkit.training.Checkpoint`: a new one, or the saved state of an unfinished run.
-
-    An unfinished run with the same settings and data resumes, with or
-    without ``overwrite``; with other settings it is refused, or, with
-    ``overwrite``, started again.
-
-    Raises:
-        RunExistsError: When the output folder holds an unfinished run with
-            other settings or data.
-    """
-    output = prep.recipe.output
-    if not output:
-        return None
-    key = fingerprint(prep.recipe, prep.images)
-    loaded = load_state(output)
-    if loaded is None or (overwrite and loaded[0].fingerprint != key):
-        return Checkpoint(output, RunState(key, {}))
-    state, arrays = loaded
-    if state.fingerprint != key:
-        raise RunExistsError(f"{output!r} holds an unfinished run started with other settings or data. Rerun "
-                             "with the same ones to resume it, or pass --overwrite to start again with these.")
-    log.info("Resuming the unfinished run in %s: stage %s after epoch %d (%d stage(s) done).", output,
-             state.stage, state.epoch, len(state.stages))
-    return Checkpoint(output, state, arrays)
 
 
 def _record(prep: Prepared, plan_: FreezePlan, stages: list, **fields: Any) -> RunRecord:
@@ -347,7 +321,7 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequen
         from transferkit.prune import prune_transfer
 
         pruned = prune_transfer(transfer, prep.images, recipe.prune, batch_size=recipe.batch_size,
-                                seed=recipe.seed, verbose=verbose)
+                                seed=recipe.seed, verbose=verbose, checkpoint=checkpoint, history=history)
         history.extend(pruned.history)
         record.val_accuracy, record.val_loss = pruned.metrics["val_accuracy_after"], pruned.metrics["val_loss_after"]
         record.pruning, tflite = pruned.metrics, pruned.tflite

@@ -109,7 +109,8 @@ SIMILAR_SHARE = 1 / 3
 IMBALANCED_AT = 3.0
 #: The planner's head in every quadrant: pooled features → dropout → output,
 #: the linear classifier of the transfer literature (Kornblith et al. 2019).
-LINEAR_HEAD = {"pooling": "avg", "dense": [], "dropout": 0.2, "batch_norm": False, "activation": "relu"}
+LINEAR_HEAD = {"pooling": "avg", "dense": [], "dropout": 0.2, "batch_norm": False, "activation": "relu", "l1": 0.0,
+               "l2": 0.0}
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_S
 from transferkit.data import augment_config, load_image_folder, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
-from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, load_transfer, save_run, versions
-from transferkit.training import fit_stage
+from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, save_run, versions
+from transferkit.training import Checkpoint, fit_stage
 
 __all__ = [
     "PruneConfig",
@@ -318,8 +318,37 @@ def wrap_for_pruning(twin: Any, targets: dict[str, float], config: PruneConfig, 
     return clone_model(twin, wrap)
 
 
+def _pruning_twin(transfer, targets: dict[str, float], config: PruneConfig, *, end: int, frequency: int):
+    """The compiled tf_keras twin with its pruned layers wrapped: ``(twin, pruned)``."""
+    from transferkit.compat import batch_norm_layers, to_tf_keras
+
+    twin = to_tf_keras(transfer)
+    for layer in batch_norm_layers(twin):
+        layer.trainable = config.batch_norm == "recalibrate"
+    pruned = wrap_for_pruning(twin, targets, config, end_step=end, frequency=frequency)
+    compile_model(pruned, transfer.task, optimizer=make_optimizer(pruned, config.learning_rate))
+    return twin, pruned
+
+
+def _resume(pruned, checkpoint: Any, epochs: int) -> Any:
+    """Where a pruning stage resumes (its twin's weights put back), or ``None``."""
+    resume = checkpoint.resume_for("prune") if checkpoint is not None else None
+    if resume is not None:
+        pruned.set_weights(checkpoint.arrays["pruned"])  # masks, thresholds and the pruning step included
+        log.info("Pruning resumes after epoch %d of %d.", resume.epoch, epochs)
+    return resume
+
+
+def _freeze_batch_norm(twin) -> None:
+    from transferkit.compat import batch_norm_layers
+
+    for layer in batch_norm_layers(twin):
+        layer.trainable = False
+
+
 def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, batch_size: int = 32,
-                   seed: int = 0, verbose: int | None = None, callbacks: Sequence[Any] = ()) -> PruneResult:
+                   seed: int = 0, verbose: int | None = None, callbacks: Sequence[Any] = (),
+                   checkpoint: Any = None, history: list | None = None) -> PruneResult:
     """Prune a fine-tuned model through its tf_keras twin, in place.
 
     Pruned layers train; the other layers keep their ``trainable`` flags;
@@ -338,6 +367,11 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
         seed: Shuffle seed.
         verbose: Keras verbosity.
         callbacks: Extra Keras callbacks for the pruning stage.
+        checkpoint: A :class:`~transferkit.training.Checkpoint`: the state is
+            saved at each epoch end (the twin's weights, masks and pruning step
+            as ``pruned``), and a stage ``prune`` it holds resumes after its
+            last finished epoch.
+        history: The run's rows before this stage (saved with the state).
 
     Returns:
         The :class:`PruneResult`.
@@ -348,7 +382,7 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     """
     import keras
 
-    from transferkit.compat import batch_norm_layers, copy_weights_back, max_output_difference, to_tf_keras
+    from transferkit.compat import copy_weights_back, max_output_difference
 
     started = time.perf_counter()
     infos = layer_infos(transfer.model)
@@ -358,8 +392,6 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, batch))
     before = _evaluate(transfer, val_ds)
     sizes_before, _ = model_sizes(transfer.model, quantize=config.quantize)
-
-    twin = to_tf_keras(transfer)
     steps = math.ceil(len(images.y_train) / batch)
     total = config.epochs * steps
     end = max(1, round(config.ramp * total))
@@ -367,14 +399,10 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     sparsity = _tfmot().sparsity.keras
     targets = allocate_sparsity([info for info in infos if info.name in set(names)], config.sparsity,
                                 "uniform" if config.structure == "2:4" else config.allocation)
-
-    for layer in batch_norm_layers(twin):
-        layer.trainable = config.batch_norm == "recalibrate"
-    pruned = wrap_for_pruning(twin, targets, config, end_step=end, frequency=frequency)
-    compile_model(pruned, transfer.task, optimizer=make_optimizer(pruned, config.learning_rate))
+    twin, pruned = _pruning_twin(transfer, targets, config, end=end, frequency=frequency)
+    resume = _resume(pruned, checkpoint, config.epochs)
     tfmot_callbacks = [sparsity.UpdatePruningStep()]
-    if config.summaries:
-        tfmot_callbacks.append(sparsity.PruningSummaries(log_dir=config.summaries))
+    tfmot_callbacks += [sparsity.PruningSummaries(log_dir=config.summaries)] if config.summaries else []
     train_ds = make_dataset(images.x_train, images.y_train, batch_size=batch, shuffle=True, seed=seed,
                             augment=augment_config(config.augment))
     log.info("Pruning %d layers to %.0f %% sparsity over %d epochs (%s schedule, %s)", len(names),
@@ -382,12 +410,12 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     fit = fit_stage(pruned, train_ds, None if config.batch_norm == "recalibrate" else val_ds, epochs=config.epochs,
                     callbacks=tfmot_callbacks + list(callbacks),
                     schedule=keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, total)),
-                    verbose=2 if verbose is None else verbose, name="prune")
+                    verbose=2 if verbose is None else verbose, name="prune", resume=resume,
+                    backup=checkpoint.saver("prune", pruned, list(history or []), key="pruned") if checkpoint else None)
     stripped = sparsity.strip_pruning(pruned)
     if config.batch_norm == "recalibrate":
         recalibrate_batch_norm(stripped, images.x_train, batch)
-        for layer in batch_norm_layers(twin):
-            layer.trainable = False
+        _freeze_batch_norm(twin)
     copy_weights_back(stripped, transfer)
     after = _evaluate(transfer, val_ds)
     sizes_after, tflite = model_sizes(transfer.model, quantize=config.quantize)
@@ -395,8 +423,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     history = [{"stage": "prune", **row} for row in fit.rows]
     metrics = _report(report, before, after, {"before": sizes_before, "after": sizes_after}, targets, config,
                       {"per_epoch": steps, "ramp_end": end, "frequency": frequency})
-    metrics["twin_max_difference"] = max_output_difference(transfer, stripped, images.x_val[:16])
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    metrics.update(twin_max_difference=max_output_difference(transfer, stripped, images.x_val[:16]),
+                   seconds=round(time.perf_counter() - started, 2))
     return PruneResult(transfer.model, metrics, history, tflite)
 
 
@@ -463,6 +491,7 @@ def prune(
     config: PruneConfig | None = None,
     verbose: int | None = None,
     overwrite: bool = False,
+    callbacks: Sequence[Any] = (),
     **overrides: Any,
 ) -> PruneResult:
     """Prune the model of a ``transferkit finetune`` run.
@@ -480,6 +509,9 @@ def prune(
         config: Pruning settings; defaults to :class:`PruneConfig`.
         verbose: Keras verbosity.
         overwrite: Replace a finished run in ``output`` (once the pruned run is complete).
+            An unfinished pruning run in ``output`` with the same settings
+            resumes after its last finished epoch (its state is in ``output/.state/``).
+        callbacks: Extra Keras callbacks for the pruning stage.
         **overrides: :class:`PruneConfig` fields (``target_sparsity=0.8``).
 
     Returns:
@@ -503,8 +535,12 @@ def prune(
         raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
                         f"trained on {list(run_metrics['class_names'])[:5]}...: pruning on them would relabel the "
                         "model. Pass --data with the folder the run was fine-tuned on.")
+    pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None)
+    checkpoint = Checkpoint.open(output, fingerprint(pruned_recipe, images), overwrite=overwrite) if output else None
+    before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
     result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
-                            verbose=verbose)
+                            verbose=verbose, checkpoint=checkpoint, history=before, callbacks=callbacks)
+    result.history = before + result.history
     record = RunRecord.from_dict(run_metrics)
     record.val_accuracy, record.val_loss = result.metrics["val_accuracy_after"], result.metrics["val_loss_after"]
     record.pruning, record.source_run = result.metrics, str(Path(run_dir).resolve())
@@ -512,7 +548,7 @@ def prune(
     result.metrics = record.to_dict()
     if output is not None:
         compile_model(transfer.model, transfer.task)
-        recipe = recipe.replace(data=str(folder), prune=config, output=str(output))
+        recipe = pruned_recipe
         save_run(output, model=result.model, record=record, history=result.history, recipe=recipe,
                  tflite=result.tflite, overwrite=overwrite)
     return result

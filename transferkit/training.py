@@ -193,6 +193,8 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
                                        ScheduleCallback, Snapshots, StageTimer, StopOnDivergence)
 
     resume = resume or StageResume()
+    log.info("Stage %s: %s", name, f"epochs {resume.epoch + 1}-{epochs} (resumed)" if resume.epoch else
+             f"{epochs} epoch(s)")
     if resume.optimizer is not None:
         model.optimizer.build(model.trainable_variables)
         for variable, value in zip(model.optimizer.variables, resume.optimizer):
@@ -248,6 +250,41 @@ class Checkpoint:
     def __init__(self, output: Any, state: Any, arrays: dict[str, list] | None = None):
         self.output, self.state, self.arrays = output, state, dict(arrays or {})
 
+    @classmethod
+    def open(cls, output: Any, key: str, *, overwrite: bool = False) -> "Checkpoint | None":
+        """A new checkpoint for ``output``, or the saved state of its unfinished run.
+
+        An unfinished run with the same fingerprint resumes, with or without
+        ``overwrite``; one with another fingerprint is refused, or, with
+        ``overwrite``, started again.
+
+        Args:
+            output: The run folder, or ``None`` (no checkpoint).
+            key: The run's :func:`~transferkit.runs.fingerprint` (settings and data).
+            overwrite: Whether another unfinished run may be started again.
+
+        Returns:
+            The checkpoint, or ``None`` without an output folder.
+
+        Raises:
+            RunExistsError: When the folder holds an unfinished run with other settings or data.
+        """
+        from transferkit.errors import RunExistsError
+        from transferkit.runs import RunState, load_state
+
+        if not output:
+            return None
+        loaded = load_state(output)
+        if loaded is None or (overwrite and loaded[0].fingerprint != key):
+            return cls(output, RunState(key, {}))
+        state, arrays = loaded
+        if state.fingerprint != key:
+            raise RunExistsError(f"{output!r} holds an unfinished run started with other settings or data. Rerun "
+                                 "with the same ones to resume it, or pass --overwrite to start again with these.")
+        log.info("Resuming the unfinished run in %s: stage %s after epoch %d (%d stage(s) done).", output,
+                 state.stage, state.epoch, len(state.stages))
+        return cls(output, state, arrays)
+
     def finished(self) -> dict[str, StageResult]:
         """The stages already finished, by name."""
         return {d["name"]: StageResult(**d) for d in self.state.stages}
@@ -261,8 +298,18 @@ class Checkpoint:
                            stopper=self.state.stopper, best_weights=self.arrays.get("best") or None,
                            snapshots=snapshots)
 
-    def saver(self, name: str, whole: Any, history: list) -> Any:
-        """The ``backup`` for :func:`fit_stage`: saves the state after each epoch of stage ``name``."""
+    def saver(self, name: str, whole: Any, history: list, key: str = "model") -> Any:
+        """The ``backup`` for :func:`fit_stage`: saves the state after each epoch of stage ``name``.
+
+        Args:
+            name: The stage.
+            whole: The model whose weights are saved (the whole model when only its top trains).
+            history: The rows before this stage's (kept, then this stage's appended).
+            key: The array the weights are saved as (``pruned``: the pruning twin's).
+
+        Returns:
+            The function :func:`fit_stage` calls at each epoch end.
+        """
         from transferkit.runs import save_state
 
         before = list(history)
@@ -272,10 +319,11 @@ class Checkpoint:
             self.state.history = before + [{"stage": name, **row} for row in progress.rows]
             self.state.stopper = progress.stopper.state() if progress.stopper is not None else {}
             best = progress.stopper.best_weights if progress.stopper is not None else None
-            self.arrays.update(model=whole.get_weights(), best=list(best or []),
-                               optimizer=[v.numpy() for v in progress.model.optimizer.variables])
+            self.arrays.update({key: whole.get_weights(), "best": list(best or []),
+                                "optimizer": [v.numpy() for v in progress.model.optimizer.variables]})
             self.arrays.update({f"snapshot_{k}": member for k, member in enumerate(progress.snapshots)})
-            kept = ("baseline", *(f"snapshot_{k}" for k in range(len(progress.snapshots) - 1)))
+            kept = ("baseline", *(["model"] if key != "model" else []),
+                    *(f"snapshot_{k}" for k in range(len(progress.snapshots) - 1)))
             try:
                 save_state(self.output, self.state, self.arrays, unchanged=kept)
             except OSError as error:  # a full disk must not end the training; the run just cannot resume here

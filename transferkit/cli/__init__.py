@@ -11,6 +11,7 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -18,6 +19,7 @@ import sys
 from typing import Sequence
 
 from transferkit.cli import backbones, finetune, lr_find, plan, predict, prune
+from transferkit.cli.common import quiet_native_logs
 from transferkit.errors import TransferkitError
 
 __all__ = ["main", "COMMANDS"]
@@ -62,14 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # TensorFlow's INFO lines stay quiet
     logging.getLogger("transferkit").setLevel(logging.INFO)
     try:
-        return COMMANDS[args.command].run(args)
+        with contextlib.nullcontext() if debug else quiet_native_logs():
+            return COMMANDS[args.command].run(args)
     except BrokenPipeError:  # output piped into `head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
         if debug:
             raise
-        if args.command == "finetune":
+        if args.command in ("finetune", "prune") and getattr(args, "output", None):
             command = shlex.join(["transferkit", *(sys.argv[1:] if argv is None else argv)])
             print(f"interrupted: the run resumes after its last finished epoch (kept in OUTPUT/.state/) when you "
                   f"run the same command again: {command}", file=sys.stderr)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import re
+import threading
 
 from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
 from transferkit.errors import RecipeError
 from transferkit.registry import is_hub
 
-__all__ = ["add_data_options", "recipe_from_args", "print_table", "rate_or_auto"]
+__all__ = ["add_data_options", "recipe_from_args", "print_table", "rate_or_auto", "quiet_native_logs", "NATIVE_NOISE"]
+
+#: Start-up lines TensorFlow's C++ side writes straight to the stderr file descriptor, whatever
+#: TF_CPP_MIN_LOG_LEVEL says (they come before absl's logging is set up): no GPU here, oneDNN on, CPU flags.
+NATIVE_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc|"
+    r"cuda_platform\.cc|cuda_(dnn|fft|blas)\.cc|Unable to register cu(DNN|FFT|BLAS) factory|cpu_feature_guard|"
+    r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler flags|"
+    r"computation placer already registered|Could not find cuda drivers|failed call to cuInit")
 
 
 def add_data_options(command: argparse.ArgumentParser) -> None:
@@ -124,3 +135,40 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Drop TensorFlow's native start-up noise from stderr; every other line passes through unchanged.
+
+    The stderr file descriptor is pointed at a pipe; a thread copies each
+    line to the real stderr unless it matches :data:`NATIVE_NOISE`. Python's
+    own writes (errors, warnings, logs) take the same path, so nothing else
+    is lost. ``--debug`` runs without it.
+    """
+    try:
+        saved = os.dup(2)
+        read, write = os.pipe()
+    except OSError:  # no usable stderr descriptor: nothing to filter
+        yield
+        return
+
+    def copy() -> None:
+        with os.fdopen(read, "rb") as source:
+            for line in source:
+                if not NATIVE_NOISE.search(line.decode("utf-8", "replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=copy, name="transferkit-stderr", daemon=True)
+    thread.start()
+    os.dup2(write, 2)
+    os.close(write)
+    try:
+        yield
+    finally:
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the thread reads to the end and stops
+        thread.join(timeout=5)
+        os.close(saved)
