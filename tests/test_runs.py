@@ -121,3 +121,48 @@ def test_a_prune_run_killed_mid_way_resumes_after_its_last_finished_epoch(sign_d
     assert [(r["stage"], int(r["epoch"])) for r in rows] == [("prune", e) for e in (1, 2, 3, 4)]
     metrics = json.loads((out / "metrics.json").read_text())
     assert abs(metrics["sparsity"] - 0.5) <= 0.01 and not (out / ".state").exists()
+
+
+HUB_KILLER = """
+import os, signal, sys, keras
+import transferkit as tk
+
+class KillInStage2(keras.callbacks.Callback):
+    fits = 0
+    def on_train_begin(self, logs=None):
+        KillInStage2.fits += 1
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if KillInStage2.fits == 2 and self.epoch == 1 and batch == 0:   # the tf_keras stage, second epoch
+            os.kill(os.getpid(), signal.SIGKILL)
+
+data, out, hub, kill = sys.argv[1:5]
+tk.finetune(data, backbone="hub:" + hub, epochs=2, fine_tune_epochs=3, plan="none", unfreeze=1, batch_size=4,
+            patience=10, output=out, verbose=0, callbacks=[KillInStage2()] if kill else [])
+"""
+
+
+def test_a_hub_run_killed_in_its_tf_keras_stage_resumes_there(sign_digits, hub_folder, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    for digit in ("1", "2", "3"):
+        (data / digit).mkdir(parents=True)
+        for path in sorted((sign_digits / digit).iterdir())[:5]:
+            shutil.copy(path, data / digit / path.name)
+
+    def run(kill):
+        return subprocess.run([sys.executable, "-c", HUB_KILLER, str(data), str(out), str(hub_folder), kill],
+                              capture_output=True, text=True, timeout=600)
+
+    killed = run("kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((out / ".state" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == ("fine_tune", 1) and [s["name"] for s in state["stages"]] == ["head"]
+    done = run("")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("head", 1), ("head", 2)] + [
+        ("fine_tune", e) for e in (1, 2, 3)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stages"][1]["resumed_from_epoch"] == 1 and not (out / ".state").exists()
+    assert (out / "saved_model" / "saved_model.pb").is_file()

@@ -237,12 +237,9 @@ def finetune(
     if prep.recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(prep.recipe.mixed_precision)
     try:
-        if isinstance(prep.spec, HubBackbone):
-            result, record, export = _finetune_hub(prep, verbose=verbose, callbacks=tuple(callbacks))
-        else:
-            checkpoint = Checkpoint.open(prep.recipe.output, fingerprint(prep.recipe, prep.images), overwrite=overwrite)
-            result, record, export = _finetune_registry(prep, verbose=verbose, callbacks=tuple(callbacks),
-                                                        checkpoint=checkpoint)
+        checkpoint = Checkpoint.open(prep.recipe.output, fingerprint(prep.recipe, prep.images), overwrite=overwrite)
+        run = _finetune_hub if isinstance(prep.spec, HubBackbone) else _finetune_registry
+        result, record, export = run(prep, verbose=verbose, callbacks=tuple(callbacks), checkpoint=checkpoint)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
@@ -331,8 +328,8 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequen
     return FineTuneResult(model, {}, history, prep.recipe, plan=plan_, tflite=tflite), record, None
 
 
-def _finetune_hub(prep: Prepared, *, verbose: int | None,
-                  callbacks: Sequence[Any]) -> tuple[FineTuneResult, RunRecord, HubExport]:
+def _finetune_hub(prep: Prepared, *, verbose: int | None, callbacks: Sequence[Any],
+                  checkpoint: Checkpoint | None = None) -> tuple[FineTuneResult, RunRecord, HubExport]:
     """:func:`finetune` on a TF-Hub backbone (:mod:`transferkit.hub`)."""
     recipe, hub, task = prep.recipe, prep.spec, prep.task
     for name, value, what in (("prune", recipe.prune, "TF-MOT"), ("snapshots", recipe.snapshots, "the ensemble"),
@@ -343,7 +340,12 @@ def _finetune_hub(prep: Prepared, *, verbose: int | None,
              recipe.image_size, list(hub.input_range), hub.range_source)
     set_seed(recipe.seed)
     model, feature_model = frozen_model(hub, recipe.image_size, recipe.head, task)
-    plan_ = hub_plan(hub, model, prep.images, recipe, prep.resolution)
+    if checkpoint is not None and checkpoint.state.plan:
+        plan_ = FreezePlan.from_dict(checkpoint.state.plan)
+    else:
+        plan_ = hub_plan(hub, model, prep.images, recipe, prep.resolution)
+        if checkpoint is not None:
+            checkpoint.state.plan = plan_.to_dict()
     if model_head(plan_, recipe) != recipe.head:
         set_seed(recipe.seed)
         model, feature_model = frozen_model(hub, recipe.image_size, model_head(plan_, recipe), task)
@@ -353,7 +355,7 @@ def _finetune_hub(prep: Prepared, *, verbose: int | None,
                           "no smoothed sparse loss). Leave it out, or keep the backbone frozen (--unfreeze 0).")
     history: list[dict[str, Any]] = []
     tuned, stages = run_hub_plan(hub, model, feature_model, prep.images, recipe, plan_, task, verbose=verbose,
-                                 history=history, callbacks=callbacks)
+                                 history=history, callbacks=callbacks, checkpoint=checkpoint)
     compile_model(model, task)
     source = WeightsSource("path", hub.path)
     record = _record(prep, plan_, stages, hub=hub.to_dict(), weights_source=f"{hub.path} ({hub.source})",

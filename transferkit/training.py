@@ -193,8 +193,7 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
                                        ScheduleCallback, Snapshots, StageTimer, StopOnDivergence)
 
     resume = resume or StageResume()
-    log.info("Stage %s: %s", name, f"epochs {resume.epoch + 1}-{epochs} (resumed)" if resume.epoch else
-             f"{epochs} epoch(s)")
+    log.info("Stage %s: epochs %d-%d%s", name, resume.epoch + 1, epochs, " (resumed)" if resume.epoch else "")
     if resume.optimizer is not None:
         model.optimizer.build(model.trainable_variables)
         for variable, value in zip(model.optimizer.variables, resume.optimizer):
@@ -338,7 +337,8 @@ class Checkpoint:
         self.state.stages.append(asdict(result))
         self.state.history, self.state.stage, self.state.epoch, self.state.step = list(history), next_stage, 0, 0
         self.state.stopper = {}
-        self.arrays.update(model=whole.get_weights())
+        if whole is not None:
+            self.arrays.update(model=whole.get_weights())
         for name in [n for n in self.arrays if n in ("optimizer", "best") or n.startswith("snapshot_")]:
             self.arrays.pop(name)
         save_state(self.output, self.state, self.arrays)
@@ -780,7 +780,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
 
 
 def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Recipe, plan: FreezePlan,
-                    task: Any, *, verbose: int, history: list, callbacks: Sequence[Any]) -> StageResult:
+                    task: Any, *, verbose: int, history: list, callbacks: Sequence[Any],
+                    checkpoint: Checkpoint | None = None) -> StageResult:
     """Hub stage 1: the head on cached Hub features, in Keras 3 (the backbone is inference-only there)."""
     import keras
 
@@ -795,6 +796,8 @@ def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Re
     for layer in head_layers(model):
         x = layer(x)
     head_model = keras.Model(head_in, x)  # shares the full model's head layers
+    if checkpoint and "head" in checkpoint.arrays:  # resuming stage 1: the head of the last finished epoch
+        head_model.set_weights(checkpoint.arrays["head"])
     compile_model(head_model, task, optimizer=make_optimizer(head_model, plan.learning_rate, **optimizer_options(recipe)),
                   label_smoothing=recipe.label_smoothing)
     train_ds = make_dataset(f_train, images.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
@@ -802,17 +805,21 @@ def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Re
     weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
     schedule, extra = make_schedule(recipe.head_schedule, plan.learning_rate, epochs=plan.epochs,
                                     steps=steps_per_epoch(len(images.y_train), recipe.batch_size), monitor=task.monitor)
+    resume = checkpoint.resume_for("head") if checkpoint else None
     fit = fit_stage(head_model, train_ds, val_ds, epochs=plan.epochs, monitor=task.monitor,
                     callbacks=[*extra, *callbacks], schedule=schedule, patience=recipe.patience, class_weight=weights,
-                    verbose=verbose, name="head")
+                    verbose=verbose, name="head", resume=resume,
+                    backup=checkpoint.saver("head", head_model, history, key="head") if checkpoint else None)
     history.extend({"stage": "head", **row} for row in fit.rows)
-    return evaluate_stage(head_model, val_ds, name="head", fit=fit, started=started,
-                          feature_seconds=feature_seconds, cache=state, learning_rate=plan.learning_rate,
-                          unfrozen=[], augment=False, trainable=trainable_params(head_model))
+    result = evaluate_stage(head_model, val_ds, name="head", fit=fit, started=started,
+                            feature_seconds=feature_seconds, cache=state, learning_rate=plan.learning_rate,
+                            unfrozen=[], augment=False, trainable=trainable_params(head_model))
+    return replace(result, resumed_from_epoch=resume.epoch if resume else None)
 
 
 def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, plan: FreezePlan, task: Any, *,
-                     verbose: int, history: list, callbacks: Sequence[Any]) -> tuple[Any, StageResult]:
+                     verbose: int, history: list, callbacks: Sequence[Any],
+                     checkpoint: Checkpoint | None = None) -> tuple[Any, StageResult]:
     """Hub stage 2: the whole backbone in ``tf_keras`` (``hub.KerasLayer``, BatchNorm statistics kept)."""
     from transferkit.compat import hub_twin
     from transferkit.hub import head_layers
@@ -822,6 +829,9 @@ def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, pla
     tuned = hub_twin(hub, recipe.image_size, model_head(plan, recipe), task)
     for layer in head_layers(model):
         tuned.get_layer(layer.name).set_weights(layer.get_weights())
+    resume = checkpoint.resume_for("fine_tune") if checkpoint else None
+    if resume is not None:  # the whole tf_keras model of the last finished epoch
+        tuned.set_weights(checkpoint.arrays["tuned"])
     rate = plan.group_learning_rates["hub"]
     schedule, extra = make_schedule(recipe.schedule, rate, epochs=plan.fine_tune_epochs,
                                     steps=steps_per_epoch(len(images.y_train), recipe.batch_size), monitor=task.monitor)
@@ -835,11 +845,13 @@ def _hub_whole_stage(hub: Any, model: Any, images: ImageSet, recipe: Recipe, pla
     weights = class_weights(images.y_train, images.num_classes) if recipe.class_weight else None
     fit = fit_stage(tuned, train_ds, val_ds, epochs=plan.fine_tune_epochs, monitor=task.monitor,
                     callbacks=[*extra, *callbacks], schedule=schedule,
-                    patience=recipe.patience, class_weight=weights, verbose=verbose, name="fine_tune")
+                    patience=recipe.patience, class_weight=weights, verbose=verbose, name="fine_tune", resume=resume,
+                    backup=checkpoint.saver("fine_tune", tuned, history, key="tuned") if checkpoint else None)
     history.extend({"stage": "fine_tune", **row} for row in fit.rows)
-    return tuned, evaluate_stage(tuned, val_ds, name="fine_tune", fit=fit, started=started, feature_seconds=0.0,
-                                 cache="off: the backbone trains", learning_rate=rate, unfrozen=["hub"],
-                                 augment=augment is not None, trainable=trainable_params(tuned))
+    result = evaluate_stage(tuned, val_ds, name="fine_tune", fit=fit, started=started, feature_seconds=0.0,
+                            cache="off: the backbone trains", learning_rate=rate, unfrozen=["hub"],
+                            augment=augment is not None, trainable=trainable_params(tuned))
+    return tuned, replace(result, resumed_from_epoch=resume.epoch if resume else None)
 
 
 def model_head(plan: FreezePlan, recipe: Recipe) -> Any:
@@ -848,9 +860,19 @@ def model_head(plan: FreezePlan, recipe: Recipe) -> Any:
                                 "l2": recipe.head.l2})
 
 
+def _set_head_weights(model: Any, flat: list) -> None:
+    """Put a flat list of head weights (``head_layers`` order) back into the Hub model's head."""
+    from transferkit.hub import head_layers
+
+    for layer in head_layers(model):
+        count = len(layer.weights)
+        layer.set_weights(flat[:count])
+        flat = flat[count:]
+
+
 def run_hub_plan(hub: Any, model: Any, feature_model: Any, images: ImageSet, recipe: Recipe, plan: FreezePlan,
                  task: Any, *, verbose: int | None = None, history: list | None = None,
-                 callbacks: Sequence[Any] = ()) -> tuple[Any, list[StageResult]]:
+                 callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> tuple[Any, list[StageResult]]:
     """Train a TF-Hub model as ``plan`` says: the head on cached features, then, if planned, the whole backbone.
 
     Args:
@@ -864,19 +886,33 @@ def run_hub_plan(hub: Any, model: Any, feature_model: Any, images: ImageSet, rec
         verbose: Keras verbosity.
         history: List that receives one row per epoch.
         callbacks: Extra Keras callbacks, passed to every stage.
+        checkpoint: Saves the state each epoch (the head as ``head``, the
+            ``tf_keras`` model as ``tuned``); a loaded one skips the
+            finished stages and resumes the current one.
 
     Returns:
         ``(tuned, stages)``: the fine-tuned ``tf_keras`` model when stage 2
         ran and was kept (else ``None``), and the stages.
     """
+    from transferkit.hub import head_layers
+
     history = history if history is not None else []
     verbose = verbosity(verbose)
-    stages = [_hub_head_stage(model, feature_model, images, recipe, plan, task, verbose=verbose, history=history,
-                              callbacks=callbacks)]
-    if not plan.fine_tuned or plan.fine_tune_epochs <= 0:
+    done = checkpoint.finished() if checkpoint else {}
+    if checkpoint and checkpoint.state.history:
+        history[:] = checkpoint.state.history
+    if "head" in done:  # the head's weights after stage 1 (the frozen backbone's never change)
+        _set_head_weights(model, checkpoint.arrays["head_layers"])
+    fine = bool(plan.fine_tuned) and plan.fine_tune_epochs > 0
+    stages = [done.get("head") or _hub_head_stage(model, feature_model, images, recipe, plan, task, verbose=verbose,
+                                                  history=history, callbacks=callbacks, checkpoint=checkpoint)]
+    if checkpoint and "head" not in done:
+        checkpoint.arrays["head_layers"] = [w for layer in head_layers(model) for w in layer.get_weights()]
+        checkpoint.stage_done(stages[0], None, history, "fine_tune" if fine else None)
+    if not fine:
         return None, stages
     tuned, second = _hub_whole_stage(hub, model, images, recipe, plan, task, verbose=verbose, history=history,
-                                     callbacks=callbacks)
+                                     callbacks=callbacks, checkpoint=checkpoint)
     if not better(second, stages[0], task.monitor):
         log.info("Stage 2 ended below stage 1 on the validation set; the frozen-backbone model is kept.")
         return None, stages + [replace(second, kept=False)]
