@@ -156,6 +156,49 @@ def test_averaged_weights_are_validated_kept_and_differ_from_the_raw_ones():
     assert model.evaluate(data, verbose=0, return_dict=True)["loss"] == pytest.approx(logged, rel=1e-5)
 
 
+def test_averaged_weights_stay_the_model_s_when_early_stopping_ends_the_stage():
+    import keras
+
+    from transferkit.training import fit_stage
+
+    model = _dense_model(0.1, use_ema=True, ema_momentum=0.5)
+    data = _data()
+    blow_up = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 if epoch < 2 else 20.0)
+    fit = fit_stage(model, data, data, epochs=8, monitor=("val_loss", "min"), patience=1, callbacks=[blow_up])
+    assert fit.epochs < 8  # early stopping fired: Keras's finalize step ran, then the best weights came back
+    logged = fit.rows[fit.best_epoch - 1]["val_loss"]  # validated on the averaged weights
+    assert model.evaluate(data, verbose=0, return_dict=True)["loss"] == pytest.approx(logged, rel=1e-5)
+
+
+def test_averaged_weights_are_used_under_mixed_precision():
+    import keras
+
+    from transferkit.training import fit_stage
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _dense_model(0.5, use_ema=True, ema_momentum=0.9)
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        fit = fit_stage(model, _data(), _data(), epochs=2, monitor=("val_loss", "min"), patience=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert fit.raw_weights is not None  # the averaging callback was in the stage
+
+
+def test_the_cli_filter_drops_tensorflow_start_up_lines_and_nothing_else(capfd):
+    import os
+
+    from transferkit.cli.common import quiet_native_logs
+
+    with quiet_native_logs():
+        os.write(2, b"I0000 00:00:1.5 123 port.cc:153] oneDNN custom operations are on. You may see...\n")
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"error: a real message\n")
+        os.write(2, b"W0000 something TensorFlow wants you to see\n")
+    err = capfd.readouterr().err
+    assert err == "error: a real message\nW0000 something TensorFlow wants you to see\n"
+
+
 def test_snapshots_are_taken_after_the_given_steps():
     import keras
 

@@ -207,9 +207,10 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
     ``SwapEMAWeights(swap_on_epoch=True)``: the averaged weights are in the
     model from each epoch's end to the next epoch's start, so early
     stopping's best weights and the run's saved state are averaged ones.
-    Before swapping at an epoch end it keeps the raw weights of the best
-    epoch so far (:attr:`raw_best`), so the stage can report what the
-    average bought. The optimizer must have ``use_ema=True``.
+    Before swapping at an epoch end it keeps the raw weights of the epoch
+    whose logged (averaged) validation score is the best so far
+    (:attr:`raw_best`), so the stage can report what the average bought at
+    that epoch. The optimizer must have ``use_ema=True``.
 
     Args:
         monitor: ``(quantity, "min"|"max")`` that ranks the epochs.

@@ -242,9 +242,10 @@ def finetune(
         result, record, export = run(prep, verbose=verbose, callbacks=tuple(callbacks), checkpoint=checkpoint)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    scored = result.trainable_model or result.model  # a fine-tuned Hub run: the tf_keras model that is exported
     if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
-        record.diagnosis = diagnose_run(result.model, prep.images, record, prep.recipe)
-    technique_records(record, result.model, prep.images, prep.recipe)
+        record.diagnosis = diagnose_run(scored, prep.images, record, prep.recipe)
+    technique_records(record, scored, prep.images, prep.recipe)
     record.seconds_total = round(time.perf_counter() - started, 2)
     output = prep.recipe.output
     if export is not None:  # a Hub run also writes its self-contained SavedModel

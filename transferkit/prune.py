@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import gzip
+import hashlib
 import logging
 import math
 import os
@@ -536,7 +537,9 @@ def prune(
                         f"trained on {list(run_metrics['class_names'])[:5]}...: pruning on them would relabel the "
                         "model. Pass --data with the folder the run was fine-tuned on.")
     pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None)
-    checkpoint = Checkpoint.open(output, fingerprint(pruned_recipe, images), overwrite=overwrite) if output else None
+    source = hashlib.sha256((Path(run_dir).expanduser() / "model.keras").read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{fingerprint(pruned_recipe, images)}:{source}".encode()).hexdigest()  # which model too
+    checkpoint = Checkpoint.open(output, key, overwrite=overwrite) if output else None
     before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
     result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
                             verbose=verbose, checkpoint=checkpoint, history=before, callbacks=callbacks)

@@ -207,7 +207,7 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
                                          restore_best_weights=True)
     rows: list[dict[str, Any]] = []
     averaged = None
-    if getattr(model.optimizer, "use_ema", False) and not is_legacy(model):
+    if _uses_ema(model):
         averaged = AveragedWeights(monitor or ("val_loss", "min"), averaged_in_model=resume.epoch > 0)
     snapshots = next((c for c in callbacks if isinstance(c, Snapshots)), None)
 
@@ -233,6 +233,12 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
         best = stopper.best_epoch + 1
     return StageFit(rows, int(best), [round(s, 3) for s in timer.seconds], resume.epoch + len(rows),
                     averaged.raw_best if averaged is not None else None)
+
+
+def _uses_ema(model: Any) -> bool:
+    """Whether a Keras 3 model's optimizer averages its weights (under ``mixed_float16`` it is wrapped)."""
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    return bool(getattr(inner, "use_ema", False)) and not is_legacy(model)
 
 
 class Checkpoint:
@@ -292,10 +298,13 @@ class Checkpoint:
         """Where stage ``name`` resumes, or ``None`` when it starts afresh."""
         if self.state.stage != name or self.state.epoch == 0:
             return None
-        snapshots = [self.arrays[f"snapshot_{k}"] for k in range(len(self.arrays)) if f"snapshot_{k}" in self.arrays]
         return StageResume(epoch=self.state.epoch, step=self.state.step, optimizer=self.arrays.get("optimizer"),
                            stopper=self.state.stopper, best_weights=self.arrays.get("best") or None,
-                           snapshots=snapshots)
+                           snapshots=self.resume_snapshots())
+
+    def resume_snapshots(self) -> list:
+        """The snapshot-ensemble members saved so far, in order."""
+        return [self.arrays[f"snapshot_{k}"] for k in range(len(self.arrays)) if f"snapshot_{k}" in self.arrays]
 
     def saver(self, name: str, whole: Any, history: list, key: str = "model") -> Any:
         """The ``backup`` for :func:`fit_stage`: saves the state after each epoch of stage ``name``.
@@ -339,8 +348,8 @@ class Checkpoint:
         self.state.stopper = {}
         if whole is not None:
             self.arrays.update(model=whole.get_weights())
-        for name in [n for n in self.arrays if n in ("optimizer", "best") or n.startswith("snapshot_")]:
-            self.arrays.pop(name)
+        for name in [n for n in self.arrays if n in ("optimizer", "best")]:
+            self.arrays.pop(name)  # the snapshots stay: the ensemble is built after the last stage
         save_state(self.output, self.state, self.arrays)
 
 
@@ -572,8 +581,15 @@ def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, nam
     if recipe.snapshots and name == "fine_tune":  # one member per SGDR cycle of stage 2
         ends = cycle_ends(first_cycle_for(epochs * steps, schedule.cycles, schedule.cycle_mult), schedule.cycles,
                           schedule.cycle_mult)
+        if sum(1 for end in set(ends) if end <= epochs * steps) < recipe.snapshots:
+            from transferkit.errors import RecipeError
+
+            raise RecipeError(f"snapshots: {recipe.snapshots} needs at least {recipe.snapshots} optimizer steps in stage 2"
+                              f", one cycle each; it has {epochs * steps}. Give more --fine-tune-epochs or fewer "
+                              "--snapshots.")
         snapshots = Snapshots(ends, source=transfer.model, initial_step=resume.step if resume else 0)
         snapshots.members = list(resume.snapshots) if resume else []
+        snapshots.taken_at = [end for end in sorted(set(ends)) if resume and end <= resume.step]
     fit = fit_stage(model, train_ds, val_ds, epochs=epochs, monitor=transfer.task.monitor,
                     callbacks=[*schedule_callbacks, *callbacks, *([snapshots] if snapshots else [])],
                     schedule=lr_schedule, patience=None if snapshots else recipe.patience, class_weight=weights,
@@ -662,7 +678,8 @@ def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epoch
     """
     return _train_stage(transfer, data, recipe, name="head", groups=0,
                         epochs=recipe.epochs if epochs is None else epochs,
-                        learning_rate=learning_rate or recipe.learning_rate, schedule=recipe.head_schedule, rates=None,
+                        learning_rate=learning_rate or recipe.numeric().learning_rate, schedule=recipe.head_schedule,
+                        rates=None,
                         augment=augment_config(recipe.augment if augment is None else augment),
                         verbose=verbose, history=history if history is not None else [], callbacks=callbacks,
                         checkpoint=checkpoint)
@@ -745,6 +762,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
     if checkpoint and "model" in checkpoint.arrays:  # resuming: the weights of the last finished epoch
         transfer.model.set_weights(checkpoint.arrays["model"])
         history[:] = checkpoint.state.history
+        if "fine_tune" in done and done["fine_tune"].snapshots:  # stage 2 finished: its snapshots come back
+            transfer.members = checkpoint.resume_snapshots()
     common = dict(augment=augment, verbose=verbose, history=history, callbacks=callbacks, checkpoint=checkpoint)
     count = len(plan.fine_tuned)
     steps = gradual_steps(count, plan.fine_tune_epochs) if plan.gradual else [(count, plan.fine_tune_epochs)]

@@ -13,15 +13,21 @@ from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
 from transferkit.errors import RecipeError
 from transferkit.registry import is_hub
 
-__all__ = ["add_data_options", "recipe_from_args", "print_table", "rate_or_auto", "quiet_native_logs", "NATIVE_NOISE"]
+__all__ = ["add_data_options", "recipe_from_args", "print_table", "rate_or_auto", "quiet_native_logs", "NATIVE_NOISE", "NO_GPU_NOISE"]
 
 #: Start-up lines TensorFlow's C++ side writes straight to the stderr file descriptor, whatever
-#: TF_CPP_MIN_LOG_LEVEL says (they come before absl's logging is set up): no GPU here, oneDNN on, CPU flags.
-NATIVE_NOISE = re.compile(
-    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cudart_stub\.cc|"
-    r"cuda_platform\.cc|cuda_(dnn|fft|blas)\.cc|Unable to register cu(DNN|FFT|BLAS) factory|cpu_feature_guard|"
-    r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler flags|"
-    r"computation placer already registered|Could not find cuda drivers|failed call to cuInit")
+#: TF_CPP_MIN_LOG_LEVEL says (before absl's logging is set up), matched by their exact texts.
+NATIVE_NOISE = re.compile("|".join(re.escape(text) for text in (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers on your machine, GPU will not be used",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "Unable to register cuDNN factory", "Unable to register cuFFT factory", "Unable to register cuBLAS factory",
+    "computation placer already registered",
+)))
+#: Dropped too, but only on a machine without an NVIDIA device (where it is expected, not an error).
+NO_GPU_NOISE = re.compile(re.escape("failed call to cuInit"))
 
 
 def add_data_options(command: argparse.ArgumentParser) -> None:
@@ -139,25 +145,35 @@ def print_table(rows: list[tuple[str, ...]]) -> None:
 
 @contextlib.contextmanager
 def quiet_native_logs():
-    """Drop TensorFlow's native start-up noise from stderr; every other line passes through unchanged.
+    """Drop TensorFlow's native start-up lines from stderr; every other line passes through unchanged.
 
     The stderr file descriptor is pointed at a pipe; a thread copies each
-    line to the real stderr unless it matches :data:`NATIVE_NOISE`. Python's
-    own writes (errors, warnings, logs) take the same path, so nothing else
-    is lost. ``--debug`` runs without it.
+    line to the real stderr unless it is one of :data:`NATIVE_NOISE` (or,
+    without an NVIDIA device, :data:`NO_GPU_NOISE`). Python's own writes
+    (errors, warnings, logs) take the same path, so nothing else is lost;
+    a line a native crash writes in its last instant may be (``--debug``
+    runs without the filter).
     """
+    import glob
+
     try:
         saved = os.dup(2)
         read, write = os.pipe()
     except OSError:  # no usable stderr descriptor: nothing to filter
         yield
         return
+    no_gpu = not glob.glob("/dev/nvidia[0-9]*")
 
     def copy() -> None:
         with os.fdopen(read, "rb") as source:
             for line in source:
-                if not NATIVE_NOISE.search(line.decode("utf-8", "replace")):
+                text = line.decode("utf-8", "replace")
+                if NATIVE_NOISE.search(text) or (no_gpu and NO_GPU_NOISE.search(text)):
+                    continue
+                try:
                     os.write(saved, line)
+                except OSError:  # a closed or full terminal: keep draining, so writers never block
+                    pass
 
     thread = threading.Thread(target=copy, name="transferkit-stderr", daemon=True)
     thread.start()
@@ -171,4 +187,5 @@ def quiet_native_logs():
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last writer closes: the thread reads to the end and stops
         thread.join(timeout=5)
-        os.close(saved)
+        if not thread.is_alive():
+            os.close(saved)

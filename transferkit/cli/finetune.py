@@ -98,8 +98,8 @@ def technique_lines(metrics: dict) -> list[str]:
         lines.append(f"lr-find ({stage}): {found['rule']} chose {found['learning_rate']:.3g}")
     if metrics.get("ema"):
         ema = metrics["ema"]
-        lines.append(f"ema {ema['momentum']}: val_accuracy {ema['val_accuracy']} averaged, "
-                     f"{ema['val_accuracy_raw']} raw ({ema['stage']})")
+        raw = ema["val_accuracy_raw"] if ema["val_accuracy_raw"] is not None else "not measured (resumed)"
+        lines.append(f"ema {ema['momentum']}: val_accuracy {ema['val_accuracy']} averaged, {raw} raw ({ema['stage']})")
     if metrics.get("snapshots"):
         snap = metrics["snapshots"]
         kept = "" if snap["kept"] else " (below stage 1: not kept)"
