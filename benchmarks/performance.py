@@ -285,12 +285,12 @@ def main(argv=None) -> int:
     results["peak_rss_mb_max"] = max(v for v in results["peak_rss_mb"].values() if v)
 
     print(f"\n{'measurement':44s} {'plain Keras':>12s} {'transferkit':>12s} {'ratio':>7s}")
-    if "stage1_speedup" in results:
+    if "stage1_speedup" in results and plain1 and cached1:  # measured in this invocation
         print(f"{'stage-1 epoch, s (frozen base)':44s} {plain1:12.3f} {cached1:12.3f} {results['stage1_speedup']:6.1f}x")
         print(f"{'stage 1 over 10 epochs incl. feature pass, s':44s} {10 * plain1:12.1f} "
               f"{results['stage1_feature_pass_seconds'] + 10 * cached1:12.1f} "
               f"{results['stage1_speedup_incl_feature_pass']:6.2f}x")
-    if "stage2_throughput_ratio" in results:
+    if "stage2_throughput_ratio" in results and plain2 and ours2:
         ips = results["stage2_images_per_second"]
         print(f"{'stage-2 images/s (same groups unfrozen)':44s} {ips['plain_keras']:12.1f} "
               f"{ips['transferkit']:12.1f} {results['stage2_throughput_ratio']:6.2f}x")
