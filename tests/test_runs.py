@@ -166,3 +166,45 @@ def test_a_hub_run_killed_in_its_tf_keras_stage_resumes_there(sign_digits, hub_f
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stages"][1]["resumed_from_epoch"] == 1 and not (out / ".state").exists()
     assert (out / "saved_model" / "saved_model.pb").is_file()
+
+
+RECIPE_PRUNE_KILLER = """
+import os, signal, sys, keras
+import transferkit as tk
+from transferkit.config import PruneConfig
+
+class KillInPruning(keras.callbacks.Callback):
+    fits = 0
+    def on_train_begin(self, logs=None):
+        KillInPruning.fits += 1
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if KillInPruning.fits == 2 and self.epoch == 1 and batch == 1:   # the prune stage (after the head), epoch 2
+            os.kill(os.getpid(), signal.SIGKILL)
+
+data, out, weights, kill = sys.argv[1:5]
+tk.finetune(data, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=weights, epochs=2,
+            fine_tune_epochs=0, plan="none", batch_size=8, output=out, verbose=0,
+            prune=PruneConfig(target_sparsity=0.5, epochs=3), callbacks=[KillInPruning()] if kill else [])
+"""
+
+
+def test_a_recipe_s_prune_stage_killed_mid_way_resumes_there(sign_digits, mobilenet_v2_h5, tmp_path):
+    data, out = _folder(sign_digits, tmp_path / "data"), tmp_path / "run"
+
+    def run(kill):
+        return subprocess.run([sys.executable, "-c", RECIPE_PRUNE_KILLER, str(data), str(out), str(mobilenet_v2_h5),
+                               kill], capture_output=True, text=True, timeout=600)
+
+    killed = run("kill")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    state = json.loads((out / ".state" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == ("prune", 1) and [s["name"] for s in state["stages"]] == ["head"]
+    done = run("")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("head", 1), ("head", 2)] + [
+        ("prune", e) for e in (1, 2, 3)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["sparsity"] - 0.5) <= 0.01 and not (out / ".state").exists()

@@ -162,3 +162,21 @@ def test_a_run_records_its_diagnosis_from_inference_mode_train_accuracy(tiny, mo
     scored = result.model.evaluate(tiny.x_train.astype("float32"), tiny.y_train, verbose=0, return_dict=True)
     assert found["train_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-4)  # dropout off, no augmentation
     assert found["val_accuracy"] == result.metrics["val_accuracy"]
+
+
+def test_a_run_with_ema_saves_the_averaged_weights_and_reports_both(tmp_path, tiny, mobilenet_v2_h5):
+    import keras
+
+    from transferkit import finetune
+
+    result = finetune(tiny, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48,
+                      weights=str(mobilenet_v2_h5), epochs=3, fine_tune_epochs=0, plan="none", batch_size=8,
+                      ema=0.5, output=tmp_path / "run", verbose=0)
+    ema = result.metrics["ema"]
+    assert ema["momentum"] == 0.5 and ema["stage"] == "head" and ema["val_accuracy_raw"] is not None
+    saved = keras.models.load_model(tmp_path / "run" / "model.keras")
+    saved.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    scored = saved.evaluate(tiny.x_val.astype("float32"), tiny.y_val, verbose=0, return_dict=True)
+    assert scored["accuracy"] == pytest.approx(ema["val_accuracy"], abs=1e-4)  # the file holds the averaged weights
+    stage = result.metrics["stages"][0]
+    assert stage["val_accuracy"] == ema["val_accuracy"] and stage["val_accuracy_raw"] == ema["val_accuracy_raw"]

@@ -319,7 +319,8 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequen
         from transferkit.prune import prune_transfer
 
         pruned = prune_transfer(transfer, prep.images, recipe.prune, batch_size=recipe.batch_size,
-                                seed=recipe.seed, verbose=verbose, checkpoint=checkpoint, history=history)
+                                seed=recipe.seed, verbose=verbose, checkpoint=checkpoint, history=history,
+                                callbacks=callbacks)
         history.extend(pruned.history)
         record.val_accuracy, record.val_loss = pruned.metrics["val_accuracy_after"], pruned.metrics["val_loss_after"]
         record.pruning, tflite = pruned.metrics, pruned.tflite
