@@ -123,11 +123,11 @@ def test_the_techniques_from_the_command_line_then_predict_with_test_time_views(
     out = tmp_path / "run"
     done = _run("finetune", str(data), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32",
                 "--epochs", "2", "--fine-tune-epochs", "2", "--unfreeze", "1", "--batch-size", "8", "--plan", "none",
-                "--schedule", "sgdr", "--snapshots", "2", "--ema", "--tta", "3", "--l2", "1e-4", "--clip-value", "1",
+                "--schedule", "sgdr", "--snapshots", "2", "--tta", "3", "--l2", "1e-4", "--clip-value", "1",
                 "--output", str(out), "-q")
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["ema"]["momentum"] == 0.999 and "ema 0.999: val_accuracy" in done.stdout
+    assert "ema" not in metrics and "ema" not in done.stdout  # not asked for
     assert len(metrics["snapshots"]["members"]) == 2 and "snapshots: members" in done.stdout
     assert metrics["tta"]["views"] == 3 and "tta 3 views" in done.stdout
     import yaml
@@ -149,3 +149,15 @@ def test_lr_find_writes_its_curve_and_prints_the_suggestions(sign_digits, tmp_pa
     found = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
     assert f"valley          {found['suggestions']['valley']:.3g}  <- suggestion" in done.stdout
     assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000
+
+
+def test_technique_flags_parse_to_their_recipe_fields():
+    from transferkit.cli import build_parser
+    from transferkit.cli.common import recipe_from_args
+
+    args = build_parser().parse_args(["finetune", "data", "--ema", "--learning-rate", "auto", "--l1", "1e-5",
+                                      "--clip-value", "0.5", "--tta", "4", "--output", "o"])
+    recipe, _ = recipe_from_args(args)
+    assert (recipe.ema, recipe.learning_rate, recipe.head.l1, recipe.clip_value, recipe.tta) == (
+        0.999, "auto", 1e-5, 0.5, 4)
+    assert build_parser().parse_args(["finetune", "data", "--ema", "0.99"]).ema == 0.99

@@ -80,6 +80,7 @@ def test_the_pruning_and_hub_recipes_load_with_their_sections(monkeypatch, tmp_p
     ({"snapshots": 3}, "needs schedule: sgdr"),
     ({"snapshots": 1, "schedule": "sgdr"}, "snapshots must be"),
     ({"snapshots": 3, "schedule": "sgdr", "gradual": True}, "do not combine"),
+    ({"snapshots": 3, "schedule": "sgdr", "ema": 0.99}, "snapshots and ema do not combine"),
     ({"clip_norm": 1.0, "clip_value": 0.5}, "not both"),
     ({"clip_value": -1}, "clip_value must be"),
     ({"learning_rate": "fast"}, "learning_rate must be"),

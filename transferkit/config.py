@@ -601,6 +601,9 @@ class Recipe:
         if self.prune is not None:
             raise RecipeError("snapshots and prune do not combine: the snapshot ensemble is several models. "
                               "Leave out one of them.")
+        if self.ema is not None:
+            raise RecipeError("snapshots and ema do not combine: the snapshots are the raw weights at each cycle's "
+                              "end, so the saved ensemble would not be averaged. Leave out one of them.")
         if self.schedule.cycles != self.snapshots:  # one snapshot per cycle
             object.__setattr__(self, "schedule", dataclasses.replace(self.schedule, cycles=self.snapshots))
 

@@ -133,7 +133,7 @@ def find_rate(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: F
     compile_stage(transfer, model, dataclasses.replace(recipe, ema=None), learning_rate=peak, rates=rates)
     finder = LRFinder(start, end, steps)
     train = make_dataset(x_train, images.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed)
-    model.fit(train.repeat(), epochs=steps, steps_per_epoch=1, callbacks=[finder], verbose=0)
+    model.fit(train.repeat(), epochs=steps, steps_per_epoch=1, callbacks=[finder], verbose=0, shuffle=False)
     unfreeze(transfer, 0)
     finite = [(r, loss) for r, loss in zip(finder.rates, finder.losses) if math.isfinite(loss)]
     if len(finite) < 5:
