@@ -101,3 +101,12 @@ def test_head_penalties_are_checked_and_auto_rates_resolve_to_the_defaults():
     assert recipe.numeric().fine_tune_learning_rate is None
     assert recipe.stage2_learning_rate == pytest.approx(DEFAULT_LEARNING_RATE / 10)
     assert Recipe(snapshots=4, schedule="sgdr").schedule.cycles == 4  # one snapshot per cycle
+
+
+def test_the_techniques_recipe_loads_with_its_settings(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    monkeypatch.setenv("TRANSFERKIT_ASSETS", str(tmp_path))
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "sign_digits_techniques.yaml")
+    assert (recipe.ema, recipe.tta, recipe.head_schedule.kind, recipe.schedule.kind) == (0.99, 2, "one-cycle", "cosine")
+    assert recipe.data == f"{tmp_path}/datasets/sign-language-digits"
