@@ -61,6 +61,8 @@ _EXPORTS = {
     "StageResult": "training",
     "FineTuneResult": "finetune",
     "predict": "predict",
+    "evaluate": "evaluate",
+    "classification_scores": "scores",
     # runs
     "RunRecord": "runs",
     "load_run": "runs",

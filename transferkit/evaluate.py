@@ -1,0 +1,80 @@
+"""``evaluate``: a run's model on a labelled folder (a test set) → ``evaluation.json``.
+
+The folder's class sub-folders are matched to the run's classes by name (a
+class the run does not know is refused; a class it lacks is allowed and gets
+no support). Images are decoded as in training; those that fail are counted
+and named. The scores are :func:`transferkit.scores.classification_scores`,
+optionally over test-time views (``tta``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.config import MAX_TTA, check_number
+from transferkit.data import decode_images, scan_folder
+from transferkit.ensemble import predict_views
+from transferkit.errors import DataError, RecipeError
+from transferkit.runs import atomic_write, load_run
+from transferkit.scores import classification_scores
+
+__all__ = ["evaluate"]
+
+
+def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 1, top_k: int = 5,
+             output: str | os.PathLike | None = None, batch_size: int = 64,
+             allow_saved_model: bool = True) -> dict[str, Any]:
+    """Score a run's model on a labelled class-per-folder dataset and write ``evaluation.json``.
+
+    Args:
+        run_dir: Output folder of ``transferkit finetune`` (or ``prune``).
+        data: Folder with one sub-folder of images per class, named as the run's classes.
+        tta: Test-time views averaged (1: none; up to 8).
+        top_k: k of the top-k accuracy.
+        output: Folder for ``evaluation.json``; defaults to ``run_dir``.
+        batch_size: Batch size of the passes.
+        allow_saved_model: Whether a Hub run's ``saved_model/`` may be loaded.
+
+    Returns:
+        What ``evaluation.json`` holds: the scores, the counts, the skipped files.
+
+    Raises:
+        RecipeError: For ``tta`` or ``top_k`` out of range, or an output that is a file.
+        ModelDirError: For a folder that is not a finished run.
+        DataError: For a missing folder, a class the run does not know, or no readable image.
+    """
+    check_number("tta", tta, low=1, high=MAX_TTA, integer=True)
+    check_number("top_k", top_k, low=1, integer=True)
+    folder = Path(output if output is not None else run_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise RecipeError(f"--output {str(folder)!r} is a file; give a folder for evaluation.json.")
+    scan = scan_folder(data)
+    started = time.perf_counter()
+    model, metrics = load_run(run_dir, allow_saved_model=allow_saved_model)
+    names = list(metrics["class_names"])
+    unknown = [c for c in scan.class_names if c not in names]
+    if unknown:
+        raise DataError(f"{str(data)!r} has class folder(s) {', '.join(unknown)} that the run was not trained on "
+                        f"(its classes: {', '.join(names[:20])}). Evaluate on folders named as the run's classes.")
+    labels = np.array([names.index(scan.class_names[label]) for label in scan.labels], dtype=np.int64)
+    images, kept, skipped = decode_images(list(scan.files), int(metrics["image_size"]))
+    if len(kept) == 0:
+        raise DataError(f"None of the {len(scan.files)} images in {str(data)!r} could be read.")
+    probabilities = predict_views(model, images.astype(np.float32), tta, batch_size=batch_size)
+    paths = [scan.files[i] for i in kept]
+    result = {"run": str(Path(run_dir).resolve()), "data": str(Path(data).resolve()), "images": int(len(kept)),
+              "skipped_images": len(skipped),
+              "skipped_files": [{"path": path, "reason": reason} for path, reason in skipped[:50]],
+              "tta": tta, "run_val_accuracy": metrics.get("val_accuracy"),
+              **classification_scores(probabilities, labels[kept], names, top_k=top_k, paths=paths),
+              "seconds": None}
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "evaluation.json", json.dumps(result, indent=2))
+    return result
