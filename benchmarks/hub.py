@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import run_child  # noqa: E402
 
 CHILD = """
 import json, sys, numpy as np
@@ -56,11 +57,7 @@ print("RESULT " + json.dumps(out))
 
 
 def _run(settings: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"run failed:\n{done.stderr[-3000:]}")
-    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return run_child(CHILD, settings)
 
 
 def main() -> None:
