@@ -126,10 +126,15 @@ def _data():
 def test_the_lr_finder_ramps_exponentially_stops_on_divergence_and_puts_the_weights_back():
     from transferkit.callbacks import LRFinder
 
+    import tensorflow as tf
+
     model = _dense_model()
     before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 2, 32).astype("int32")  # random labels: no weights fit them
     finder = LRFinder(1e-4, 1e4, steps=60)
-    model.fit(_data().repeat(), epochs=60, steps_per_epoch=1, callbacks=[finder], verbose=0)
+    model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat(), epochs=60, steps_per_epoch=1,
+              callbacks=[finder], verbose=0, shuffle=False)
     ratios = np.diff(np.log(finder.rates))
     np.testing.assert_allclose(ratios, ratios[0], rtol=1e-6)  # exponential: a constant log step
     assert finder.rates[0] == pytest.approx(1e-4)
@@ -161,8 +166,12 @@ def test_averaged_weights_stay_the_model_s_when_early_stopping_ends_the_stage():
 
     from transferkit.training import fit_stage
 
+    import tensorflow as tf
+
     model = _dense_model(0.1, use_ema=True, ema_momentum=0.5)
-    data = _data()
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 2, 32).astype("int32")  # random labels: a huge rate only hurts
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     blow_up = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 if epoch < 2 else 20.0)
     fit = fit_stage(model, data, data, epochs=8, monitor=("val_loss", "min"), patience=1, callbacks=[blow_up])
     assert fit.epochs < 8  # early stopping fired: Keras's finalize step ran, then the best weights came back

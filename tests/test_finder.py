@@ -97,5 +97,5 @@ def test_lr_find_refuses_an_output_that_is_a_file(tmp_path, tiny):
 
     target = tmp_path / "taken"
     target.write_text("x")
-    with pytest.raises(RecipeError, match="is a file"):
+    with pytest.raises(RecipeError, match="is a file, not a folder"):
         lr_find(tiny, output=target)

@@ -25,6 +25,7 @@ def test_scores_of_a_small_hand_worked_example():
 def test_a_binary_model_s_single_column_is_read_as_two_classes():
     s = classification_scores(np.array([[0.8], [0.3], [0.6]]), [1, 0, 0], ["no", "yes"])
     assert s["accuracy"] == pytest.approx(2 / 3, abs=1e-4) and s["confusion"]["counts"] == [[1, 1], [0, 1]]
+    assert s["top_k"] == 2 and s["top_k_accuracy"] is None  # k covers every class: always 1, not reported
 
 
 def test_calibration_error_is_the_weighted_gap_per_bin():
@@ -33,6 +34,8 @@ def test_calibration_error_is_the_weighted_gap_per_bin():
     ece, bins = expected_calibration_error(confidence, correct, bins=10)
     assert ece == pytest.approx(4 / 6 * abs(0.75 - 0.95) + 2 / 6 * abs(0.5 - 0.55), abs=1e-4)
     assert [(b["low"], b["count"]) for b in bins] == [(0.5, 2), (0.9, 4)]
+    _, edges = expected_calibration_error(np.array([0.1, 1.0, 0.0]), np.array([True, True, False]), bins=10)
+    assert [(b["low"], b["high"], b["count"]) for b in edges] == [(0.0, 0.1, 2), (0.9, 1.0, 1)]  # (low, high]
 
 
 def test_bad_shapes_are_refused():

@@ -20,8 +20,8 @@ import numpy as np
 from transferkit.config import MAX_TTA, check_number
 from transferkit.data import decode_images, scan_folder
 from transferkit.ensemble import predict_views
-from transferkit.errors import DataError, RecipeError
-from transferkit.runs import atomic_write, load_run
+from transferkit.errors import DataError, ModelDirError
+from transferkit.runs import atomic_write, check_folder, load_run
 from transferkit.scores import classification_scores
 
 __all__ = ["evaluate"]
@@ -45,15 +45,13 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
         What ``evaluation.json`` holds: the scores, the counts, the skipped files.
 
     Raises:
-        RecipeError: For ``tta`` or ``top_k`` out of range, or an output that is a file.
-        ModelDirError: For a folder that is not a finished run.
+        RecipeError: For ``tta`` or ``top_k`` out of range, or an output that cannot be written.
+        ModelDirError: For a folder that is not a finished run, or a model whose outputs do not fit its classes.
         DataError: For a missing folder, a class the run does not know, or no readable image.
     """
     check_number("tta", tta, low=1, high=MAX_TTA, integer=True)
     check_number("top_k", top_k, low=1, integer=True)
-    folder = Path(output if output is not None else run_dir).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise RecipeError(f"--output {str(folder)!r} is a file; give a folder for evaluation.json.")
+    folder = check_folder(output if output is not None else run_dir)  # before any work
     scan = scan_folder(data)
     started = time.perf_counter()
     model, metrics = load_run(run_dir, allow_saved_model=allow_saved_model)
@@ -67,6 +65,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
     if len(kept) == 0:
         raise DataError(f"None of the {len(scan.files)} images in {str(data)!r} could be read.")
     probabilities = predict_views(model, images.astype(np.float32), tta, batch_size=batch_size)
+    wrong = (f"{probabilities.shape[-1]} outputs" if probabilities.shape[-1] not in (1, len(names))
+             else "non-finite outputs" if not np.isfinite(probabilities).all() else None)
+    if wrong:
+        raise ModelDirError(f"The model in {str(run_dir)!r} gave {wrong} for its {len(names)} classes: the run "
+                            "folder is damaged or was not written by transferkit. Fine-tune it again.")
     paths = [scan.files[i] for i in kept]
     result = {"run": str(Path(run_dir).resolve()), "data": str(Path(data).resolve()), "images": int(len(kept)),
               "skipped_images": len(skipped),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from transferkit.config import Recipe
@@ -22,6 +21,7 @@ from transferkit.hub import HubBackbone
 from transferkit.model import build_model, set_seed
 from transferkit.planning import make_plan
 from transferkit.registry import REGISTRY, Registry
+from transferkit.runs import check_folder
 from transferkit.training import train_head
 
 __all__ = ["lr_find"]
@@ -58,9 +58,7 @@ def lr_find(data: str | os.PathLike | ImageSet | None = None, *, output: str | o
         TransferkitError: Subclasses for bad data or weights.
     """
     check_finder(stage, rule, steps, start, end)
-    folder = Path(output).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise RecipeError(f"--output {str(output)!r} is a file; give a folder for lr_find.json and lr_find.png.")
+    folder = check_folder(output)  # a file on the path, or no write access: refused before any work
     prep = prepare(data, recipe=recipe, registry=registry, writes=False, **overrides)
     if isinstance(prep.spec, HubBackbone):
         raise RecipeError(f"lr-find needs a registry backbone; {prep.spec.name} is a SavedModel (give the head's "

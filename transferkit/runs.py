@@ -33,7 +33,7 @@ from transferkit.registry import is_hub
 from transferkit.weights import WeightsSource
 
 __all__ = ["RunRecord", "data_metrics", "versions", "save_run", "load_run", "load_transfer", "atomic_write",
-           "check_output", "check_writable", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
+           "check_output", "check_folder", "check_writable", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
            "save_state", "load_state", "fingerprint", "STATE_DIR", "HubExport"]
 
 log = logging.getLogger("transferkit")
@@ -236,11 +236,37 @@ def is_finished_run(folder: str | os.PathLike) -> bool:
 #: The folder inside an unfinished run that holds what resuming needs.
 STATE_DIR = ".state"
 #: What a run folder may hold: the files transferkit writes, and its own hidden working names.
-RUN_FILES = frozenset({"model.keras", "metrics.json", "history.csv", "recipe.yaml", "model.tflite", "saved_model"})
+RUN_FILES = frozenset({"model.keras", "metrics.json", "history.csv", "recipe.yaml", "model.tflite", "saved_model",
+                       "evaluation.json", "lr_find.json", "lr_find.png"})
 
 
 def _is_run_entry(name: str) -> bool:
     return name in RUN_FILES or name.startswith((STATE_DIR, ".old-", ".model.", ".saved_model.")) or name.endswith(".tmp")
+
+
+def check_folder(output: str | os.PathLike) -> Path:
+    """An output folder that can be created or written: no file on its path, a writable ancestor.
+
+    Args:
+        output: The folder (it need not exist).
+
+    Returns:
+        The folder as a path.
+
+    Raises:
+        RecipeError: For an empty path, a file on the path, or a folder that cannot be written.
+    """
+    text = str(output)
+    if not text.strip():
+        raise RecipeError("--output is empty: give the folder to create, e.g. --output runs/first.")
+    folder = Path(text).expanduser()
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise RecipeError(f"--output {text!r}: {str(parent)!r} is a file, not a folder. Choose another path.")
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RecipeError(f"--output {text!r}: {str(existing)!r} is not writable. Choose a folder you can write to.")
+    return folder
 
 
 def check_output(output: str | os.PathLike | None, *, overwrite: bool = False) -> None:
@@ -265,15 +291,7 @@ def check_output(output: str | os.PathLike | None, *, overwrite: bool = False) -
     if output is None:
         return
     text = str(output)
-    if not text.strip():
-        raise RecipeError("--output is empty: give the run folder to create, e.g. --output runs/first.")
-    folder = Path(text).expanduser()
-    for parent in [folder, *folder.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise RecipeError(f"--output {text!r}: {str(parent)!r} is a file, not a folder. Choose another path.")
-    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RecipeError(f"--output {text!r}: {str(existing)!r} is not writable. Choose a folder you can write to.")
+    folder = check_folder(output)
     if not folder.is_dir():
         return
     others = sorted(p.name for p in folder.iterdir() if not _is_run_entry(p.name))

@@ -67,7 +67,8 @@ def classification_scores(probabilities: np.ndarray, labels: Sequence[int], clas
 
     Returns:
         ``accuracy``, ``top_k`` and ``top_k_accuracy``, ``per_class`` (precision,
-        recall, F1, support by class name), ``macro`` averages, ``confusion``
+        recall, F1, support by class name), ``macro`` averages (over the
+        classes with support), ``confusion``
         (rows: true class, columns: predicted), ``ece`` and ``reliability``,
         and ``most_confident_errors``.
 
@@ -83,7 +84,7 @@ def classification_scores(probabilities: np.ndarray, labels: Sequence[int], clas
         raise ValueError(f"labels must be in 0..{classes - 1}")
     predicted = p.argmax(axis=1)
     k = min(top_k, classes)
-    top = np.argsort(-p, axis=1)[:, :k]
+    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     per_class = {}
@@ -102,7 +103,8 @@ def classification_scores(probabilities: np.ndarray, labels: Sequence[int], clas
     return {
         "accuracy": round(float(np.mean(predicted == y)), 4) if len(y) else None,
         "top_k": k,
-        "top_k_accuracy": round(float(np.mean((top == y[:, None]).any(axis=1))), 4) if len(y) else None,
+        "top_k_accuracy": (round(float(np.mean((top == y[:, None]).any(axis=1))), 4)
+                           if len(y) and k < classes else None),  # k >= classes: always 1, not reported
         "per_class": per_class,
         "macro": {m: round(float(np.mean([v[m] for v in present])), 4) if present else None
                   for m in ("precision", "recall", "f1")},

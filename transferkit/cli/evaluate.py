@@ -11,7 +11,7 @@ __all__ = ["register", "run"]
 
 EXAMPLES = """examples:
   transferkit evaluate runs/flowers data/flowers-test
-  transferkit evaluate runs/flowers data/flowers-test --tta 4 --output runs/flowers/test-tta
+  transferkit evaluate runs/flowers data/flowers-test --tta 4 --output runs/flowers-test-tta
 """
 
 
@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from transferkit.evaluate import evaluate
 
     found = evaluate(args.run_dir, args.data, tta=args.tta, top_k=args.top_k, output=args.output)
-    print(f"accuracy {found['accuracy']} (top-{found['top_k']} {found['top_k_accuracy']}) on {found['images']} "
+    top = f" (top-{found['top_k']} {found['top_k_accuracy']})" if found["top_k_accuracy"] is not None else ""
+    print(f"accuracy {found['accuracy']}{top} on {found['images']} "
           f"images, {found['skipped_images']} skipped; macro F1 {found['macro']['f1']}; calibration error "
           f"{found['ece']}; the run's validation accuracy was {found['run_val_accuracy']}")
     rows = [("class", "precision", "recall", "f1", "support")]
