@@ -19,7 +19,7 @@ from transferkit.data import TTA_VIEWS, tta_view
 from transferkit.graph import split_model
 from transferkit.model import TransferModel
 
-__all__ = ["snapshot_ensemble", "predict_views"]
+__all__ = ["snapshot_ensemble", "predict_views", "view_outputs"]
 
 
 def snapshot_ensemble(transfer: TransferModel, members: Sequence[list], frozen_below: str | None) -> Any:
@@ -82,11 +82,26 @@ def predict_views(model: Any, images: np.ndarray, views: int, *, batch_size: int
     Raises:
         ValueError: For ``views`` outside 1..len(TTA_VIEWS).
     """
+    return np.mean(view_outputs(model, images, views, batch_size=batch_size), axis=0)
+
+
+def view_outputs(model: Any, images: np.ndarray, views: int, *, batch_size: int = 64) -> list[np.ndarray]:
+    """The model's outputs on each of the first ``views`` test-time views, the plain images first.
+
+    Args:
+        model: A model taking raw pixels.
+        images: ``(n, h, w, 3)`` images, pixels in [0, 255].
+        views: How many of :data:`~transferkit.data.TTA_VIEWS`.
+        batch_size: Batch size of each pass.
+
+    Returns:
+        One ``(n, units)`` array per view.
+
+    Raises:
+        ValueError: For ``views`` outside 1..len(TTA_VIEWS).
+    """
     if not 1 <= views <= len(TTA_VIEWS):
         raise ValueError(f"views must be in 1..{len(TTA_VIEWS)}, got {views}")
-    total = None
-    for view in TTA_VIEWS[:views]:
-        out = np.concatenate([np.asarray(model.predict(tta_view(images[i:i + batch_size], view), verbose=0),
-                                         dtype=np.float64) for i in range(0, len(images), batch_size)])
-        total = out if total is None else total + out
-    return total / views
+    return [np.concatenate([np.asarray(model.predict(tta_view(images[i:i + batch_size], view), verbose=0),
+                                       dtype=np.float64) for i in range(0, len(images), batch_size)])
+            for view in TTA_VIEWS[:views]]

@@ -76,8 +76,7 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
               "skipped_files": [{"path": path, "reason": reason} for path, reason in skipped[:50]],
               "tta": tta, "run_val_accuracy": metrics.get("val_accuracy"),
               **classification_scores(probabilities, labels[kept], names, top_k=top_k, paths=paths),
-              "seconds": None}
-    result["seconds"] = round(time.perf_counter() - started, 2)
+              "seconds": round(time.perf_counter() - started, 2)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "evaluation.json", json.dumps(result, indent=2))
     return result

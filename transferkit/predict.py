@@ -13,6 +13,7 @@ from transferkit.config import MAX_TTA, check_number
 from transferkit.ensemble import predict_views
 from transferkit.errors import DataError, RecipeError
 from transferkit.runs import load_run
+from transferkit.scores import class_probabilities
 
 __all__ = ["Prediction", "load_run", "predict"]
 
@@ -75,9 +76,8 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
                 raise DataError(errors[index]) from None
     rows = {}
     if decoded:
-        probabilities = predict_views(model, np.stack(list(decoded.values())).astype(np.float32), tta)
-        if probabilities.shape[-1] == 1:  # binary: one sigmoid unit is P(class 1)
-            probabilities = np.concatenate([1 - probabilities, probabilities], axis=-1)
+        probabilities = class_probabilities(  # binary: one sigmoid unit is P(class 1)
+            predict_views(model, np.stack(list(decoded.values())).astype(np.float32), tta))
         rows = dict(zip(decoded, probabilities))
     results = []
     for index, path in enumerate(images):

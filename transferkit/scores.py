@@ -13,13 +13,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["classification_scores", "expected_calibration_error"]
+__all__ = ["classification_scores", "expected_calibration_error", "class_probabilities", "top1_accuracy"]
 
 
-def _two_columns(probabilities: np.ndarray) -> np.ndarray:
-    """A binary model's single sigmoid column as ``[P(class 0), P(class 1)]``."""
+def class_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """One column per class: a binary model's single sigmoid column becomes ``[P(class 0), P(class 1)]``."""
     p = np.asarray(probabilities, dtype=np.float64)
     return np.concatenate([1 - p, p], axis=-1) if p.ndim == 2 and p.shape[1] == 1 else p
+
+
+def top1_accuracy(probabilities: np.ndarray, labels: Sequence[int]) -> float:
+    """Share of images whose most probable class is the label, rounded to 4 places."""
+    guess = class_probabilities(probabilities).argmax(axis=1)
+    return round(float(np.mean(guess == np.asarray(labels).reshape(-1))), 4)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10
@@ -75,7 +81,7 @@ def classification_scores(probabilities: np.ndarray, labels: Sequence[int], clas
     Raises:
         ValueError: When the shapes or labels do not fit the classes.
     """
-    p = _two_columns(probabilities)
+    p = class_probabilities(probabilities)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     classes = len(class_names)
     if p.ndim != 2 or p.shape != (len(y), classes):

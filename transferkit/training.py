@@ -304,7 +304,10 @@ class Checkpoint:
 
     def resume_snapshots(self) -> list:
         """The snapshot-ensemble members saved so far, in order."""
-        return [self.arrays[f"snapshot_{k}"] for k in range(len(self.arrays)) if f"snapshot_{k}" in self.arrays]
+        members: list = []
+        while f"snapshot_{len(members)}" in self.arrays:
+            members.append(self.arrays[f"snapshot_{len(members)}"])
+        return members
 
     def saver(self, name: str, whole: Any, history: list, key: str = "model") -> Any:
         """The ``backup`` for :func:`fit_stage`: saves the state after each epoch of stage ``name``.
@@ -370,10 +373,10 @@ def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: f
                    trainable: int) -> StageResult:
     """A stage's :class:`StageResult`, its validation scores measured on the compiled ``model``."""
     result = model.evaluate(val, verbose=0, return_dict=True)
-    accuracy = result.get("accuracy", result.get("binary_accuracy"))
+    accuracy = _logged_accuracy(result)
     return StageResult(name=name, epochs=fit.epochs, best_epoch=fit.best_epoch,
                        seconds=round(time.perf_counter() - started, 2), feature_seconds=round(feature_seconds, 2),
-                       feature_cache=cache, val_accuracy=None if accuracy is None else round(float(accuracy), 4),
+                       feature_cache=cache, val_accuracy=accuracy,
                        val_loss=round(float(result["loss"]), 4), trainable_params=trainable,
                        learning_rate=learning_rate, unfrozen_groups=unfrozen, augment="on" if augment else "off",
                        epoch_seconds=fit.epoch_seconds)
@@ -432,9 +435,7 @@ def train_accuracy(model: Any, x: Any, y: Any, *, batch_size: int) -> float | No
     Returns:
         The accuracy, or ``None`` for a task without an accuracy metric.
     """
-    result = model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True)
-    accuracy = result.get("accuracy", result.get("binary_accuracy"))
-    return None if accuracy is None else round(float(accuracy), 4)
+    return _logged_accuracy(model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True))
 
 
 def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> dict[str, Any] | None:
@@ -468,7 +469,10 @@ def technique_records(record: Any, model: Any, images: ImageSet, recipe: Recipe)
         images: The data (``tta`` scores the validation images).
         recipe: ``ema``, ``snapshots``, ``tta``.
     """
-    from transferkit.ensemble import predict_views
+    import numpy as np
+
+    from transferkit.ensemble import view_outputs
+    from transferkit.scores import top1_accuracy
 
     kept = [s for s in record.stages if s["kept"]]
     final = kept[-1] if kept else None
@@ -480,10 +484,9 @@ def technique_records(record: Any, model: Any, images: ImageSet, recipe: Recipe)
         found = tuned[-1]["snapshots"]
         record.snapshots = {**found, "last_member": found["members"][-1], "kept": tuned[-1]["kept"]}
     if recipe.tta and len(images.y_val):
-        plain = predict_views(model, images.x_val, 1, batch_size=max(64, recipe.batch_size))
-        views = predict_views(model, images.x_val, recipe.tta, batch_size=max(64, recipe.batch_size))
-        record.tta = {"views": recipe.tta, "val_accuracy": _accuracy(views, images.y_val),
-                      "val_accuracy_plain": _accuracy(plain, images.y_val)}
+        outputs = view_outputs(model, images.x_val, recipe.tta, batch_size=max(64, recipe.batch_size))
+        record.tta = {"views": recipe.tta, "val_accuracy": top1_accuracy(np.mean(outputs, axis=0), images.y_val),
+                      "val_accuracy_plain": top1_accuracy(outputs[0], images.y_val)}  # the first view is the image
 
 
 def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: int,
@@ -614,6 +617,11 @@ def _raw_accuracy(model: Any, raw: list, val: Any) -> float | None:
         result = model.evaluate(val, verbose=0, return_dict=True)
     finally:
         model.set_weights(kept)
+    return _logged_accuracy(result)
+
+
+def _logged_accuracy(result: dict) -> float | None:
+    """The accuracy in Keras's ``evaluate(return_dict=True)``, rounded; ``None`` for a task without one."""
     accuracy = result.get("accuracy", result.get("binary_accuracy"))
     return None if accuracy is None else round(float(accuracy), 4)
 
@@ -636,22 +644,16 @@ def snapshot_scores(transfer: TransferModel, model: Any, members: list, val: Any
     """
     import numpy as np
 
+    from transferkit.scores import top1_accuracy
+
     scores, probabilities = [], []
     for member in members:
         transfer.model.set_weights(member)
         p = np.asarray(model.predict(val, verbose=0), dtype=np.float64)
         probabilities.append(p)
-        scores.append(_accuracy(p, y_val))
+        scores.append(top1_accuracy(p, y_val))
     transfer.members = list(members)
-    return {"members": scores, "ensemble": _accuracy(np.mean(probabilities, axis=0), y_val)}
-
-
-def _accuracy(probabilities: Any, labels: Any) -> float:
-    import numpy as np
-
-    labels = np.asarray(labels).reshape(-1)
-    guess = (probabilities[:, 0] > 0.5).astype(int) if probabilities.shape[-1] == 1 else probabilities.argmax(-1)
-    return round(float(np.mean(guess == labels)), 4)
+    return {"members": scores, "ensemble": top1_accuracy(np.mean(probabilities, axis=0), y_val)}
 
 
 def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epochs: int | None = None,

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import sys
 import threading
 
 from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
@@ -182,8 +183,6 @@ def quiet_native_logs():
     try:
         yield
     finally:
-        import sys
-
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last writer closes: the thread reads to the end and stops
         thread.join(timeout=5)
