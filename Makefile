@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean bench bench-planner bench-prune bench-hub bench-techniques
+.PHONY: demo test install clean bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(VENV)/.installed
 
 bench-planner: $(VENV)/.installed
 	$(PY) benchmarks/planner.py --seeds 0 1
+
+SMALL_STRATEGIES = "head only" "top third" "all groups" "keras.io default" planner
+bench-planner-small: $(VENV)/.installed
+	$(PY) benchmarks/planner.py --per-class 10 --seeds 0 1 2 --only $(SMALL_STRATEGIES)
+	$(PY) benchmarks/planner.py --per-class 20 --seeds 0 1 2 --only $(SMALL_STRATEGIES)
 
 bench-prune: $(VENV)/.installed
 	$(PY) benchmarks/prune.py

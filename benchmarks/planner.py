@@ -17,9 +17,14 @@ split that no strategy sees (CIFAR: its test folder; sign digits: a seeded,
 stratified 20 % held out before the train/validation split). The planner's
 regret is the best grid strategy's test accuracy minus the planner's.
 
+With ``--per-class N`` only N images per class of the training pool are
+kept (seeded, before the train/validation split): the small-data rows
+(``make bench-planner-small``: 10 and 20 per class, seeds 0 1 2, the four
+fixed strategies the small-data goal names and the planner).
+
 Usage:
     TRANSFERKIT_ASSETS=../shared/assets python benchmarks/planner.py [--seeds 0 1]
-        [--datasets sign cifar] [--per-class N]
+        [--datasets sign cifar] [--per-class N] [--only STRATEGY ...]
 
 Prints a table per dataset and writes benchmarks/results/planner.json.
 """
@@ -86,6 +91,9 @@ def run_transferkit(images, x_test, y_test, seed: int, weights: str, **settings)
         plan = result.plan
         row["plan"] = {"quadrant": plan.quadrant, "similarity": plan.similarity.score,
                        "fine_tuned": len(plan.fine_tuned), "cut": plan.cut, "augment": plan.augment}
+        raced = next((s["race"] for s in result.metrics["stages"] if s.get("race")), None)
+        if raced:
+            row["plan"]["race"] = {k: raced[k] for k in ("stage1", "stage2", "gain", "se", "kept")}
     return row
 
 
@@ -130,7 +138,7 @@ def run_plain_keras(images, x_test, y_test, seed: int, weights: str | None) -> d
             "seconds": round(seconds, 1)}
 
 
-def strategies(weights: str):
+def strategies(weights: str, planner_settings: dict | None = None):
     third = 7  # ceil(19 / 3) of MobileNetV2's 19 groups
     return {
         "head only": lambda *a: run_transferkit(*a, weights, plan="none", unfreeze=0,
@@ -139,7 +147,7 @@ def strategies(weights: str):
         "all groups": lambda *a: run_transferkit(*a, weights, plan="none", unfreeze=19),
         "from scratch": lambda *a: run_plain_keras(*a, None),
         "keras.io default": lambda *a: run_plain_keras(*a, weights),
-        "planner": lambda *a: run_transferkit(*a, weights, plan="auto"),
+        "planner": lambda *a: run_transferkit(*a, weights, plan="auto", **(planner_settings or {})),
     }
 
 
@@ -149,14 +157,17 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["sign", "cifar"])
     parser.add_argument("--per-class", type=int, help="keep this many images per class (small-data runs)")
     parser.add_argument("--only", nargs="+", help="run only these strategies")
+    parser.add_argument("--planner-setting", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="recipe settings of the planner's run, e.g. augment=none (an ablation)")
     args = parser.parse_args(argv)
+    settings = dict(item.split("=", 1) for item in args.planner_setting)
     assets = Path(os.environ.get("TRANSFERKIT_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
     weights = str(assets / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
-    grid = strategies(weights)
+    grid = strategies(weights, settings)
     if args.only:
         grid = {k: v for k, v in grid.items() if k in args.only}
     report = {"machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}",
-              "seeds": args.seeds, "per_class": args.per_class, "datasets": {}}
+              "seeds": args.seeds, "per_class": args.per_class, "planner_settings": settings, "datasets": {}}
     for dataset in args.datasets:
         runs: dict[str, list[dict]] = {name: [] for name in grid}
         for seed in args.seeds:
@@ -177,6 +188,9 @@ def main(argv=None) -> int:
         if "planner" in table:
             others = [v["test_accuracy"] for k, v in table.items() if k != "planner"]
             summary["planner_regret_points"] = round(100 * (max(others) - table["planner"]["test_accuracy"]), 2) if others else None
+            if "head only" in table:
+                summary["planner_minus_head_only_points"] = round(
+                    100 * (table["planner"]["test_accuracy"] - table["head only"]["test_accuracy"]), 2)
             if "keras.io default" in table:
                 summary["planner_minus_keras_io_points"] = round(
                     100 * (table["planner"]["test_accuracy"] - table["keras.io default"]["test_accuracy"]), 2)
@@ -189,6 +203,7 @@ def main(argv=None) -> int:
             print(f"{name:18s} {row['val_accuracy']:8.4f} {row['test_accuracy']:9.4f} {row['seconds']:8.1f}")
         if "planner" in table:
             print(f"planner: {summary.get('plan')}; regret {summary.get('planner_regret_points')} points; "
+                  f"vs head only {summary.get('planner_minus_head_only_points')} points; "
                   f"vs keras.io default {summary.get('planner_minus_keras_io_points')} points")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

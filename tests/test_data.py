@@ -123,3 +123,18 @@ def test_make_dataset_batches_casts_and_augments():
     augmented = next(iter(make_dataset(x, y, batch_size=10, augment=AugmentConfig(flip="horizontal_and_vertical"))))
     assert augmented[0].shape == (10, 16, 16, 3)
     assert not np.allclose(augmented[0].numpy(), x.astype("float32"))
+
+
+def test_augmented_views_are_the_images_then_seeded_copies():
+    from transferkit.config import AUGMENT_PRESETS
+    from transferkit.data import augmented_views
+
+    x = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    views = augmented_views(x, AUGMENT_PRESETS["strong"], 3, seed=1, batch_size=2)
+    assert views.shape == (15, 16, 16, 3) and views.dtype == np.uint8
+    np.testing.assert_array_equal(views[:5], x)  # the first view is the images themselves
+    assert not np.array_equal(views[5:10], x) and not np.array_equal(views[5:10], views[10:])
+    np.testing.assert_array_equal(views, augmented_views(x, AUGMENT_PRESETS["strong"], 3, seed=1, batch_size=2))
+    assert not np.array_equal(views, augmented_views(x, AUGMENT_PRESETS["strong"], 3, seed=2, batch_size=2))
+    with pytest.raises(ValueError, match="at least 1"):
+        augmented_views(x, AUGMENT_PRESETS["strong"], 0)

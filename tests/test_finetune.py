@@ -79,34 +79,44 @@ def test_unfreezing_more_groups_than_exist_is_an_error(tiny, mobilenet_v2_h5):
         finetune(tiny, recipe=_recipe(mobilenet_v2_h5, epochs=0, unfreeze=40), verbose=0)
 
 
-def test_plan_small_different_cuts_the_backbone_and_the_model_still_saves(tiny, mobilenet_v2_h5, tmp_path):
+def test_plan_small_different_with_a_cut_drops_groups_and_the_model_still_saves(tiny, mobilenet_v2_h5, tmp_path):
     import keras
 
     from transferkit.finetune import finetune
 
-    recipe = dataclasses.replace(_recipe(mobilenet_v2_h5, plan="auto", similarity="different"), unfreeze=None)
+    recipe = dataclasses.replace(_recipe(mobilenet_v2_h5, plan="auto", similarity="different", cut="block_13"),
+                                 unfreeze=None)
     result = finetune(tiny, recipe=recipe, output=tmp_path / "run", verbose=0)
     plan = result.metrics["plan"]
     assert plan["quadrant"] == "small+different"  # 12 images per class, declared different
-    assert plan["cut"] and plan["dropped"]
+    assert plan["cut"] == "block_13" and plan["dropped"]
     assert result.metrics["layer_groups"][-1] == plan["cut"]
     assert "Conv_1" not in [layer.name for layer in result.model.layers]  # the top group is gone
     assert plan["augment"] == "strong" and result.metrics["stages"][0]["augment"] == "on"
-    assert "Small and different" in plan["explanation"]
+    assert "Small and different" in plan["explanation"] and "-fold linear probe" in plan["explanation"]
     loaded = keras.models.load_model(tmp_path / "run" / "model.keras")
     x = tiny.x_val[:3].astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
 
 
-def test_plan_small_similar_trains_the_head_only(tiny, mobilenet_v2_h5):
+def test_plan_small_similar_trains_the_head_on_cached_views_then_races_stage_2(tiny, mobilenet_v2_h5):
     from transferkit.finetune import finetune
+    from transferkit.planner import AUGMENT_VIEWS
 
     recipe = dataclasses.replace(_recipe(mobilenet_v2_h5, plan="auto", similarity="similar"), unfreeze=None)
     result = finetune(tiny, recipe=recipe, verbose=0)
-    assert result.metrics["plan"]["quadrant"] == "small+similar"
-    assert [s["name"] for s in result.metrics["stages"]] == ["head"]
-    assert result.metrics["stages"][0]["epochs"] <= 4  # the whole 2 + 2 epoch budget
-    assert result.metrics["plan"]["epochs"] == 4
+    metrics = result.metrics
+    assert metrics["plan"]["quadrant"] == "small+similar" and metrics["plan"]["race"]
+    head, tuned = metrics["stages"]
+    assert head["feature_cache"].startswith("on") and f"{AUGMENT_VIEWS} views" in head["feature_cache"]
+    assert head["augment"] == "on" and tuned["augment"] == "off"  # stage 2 trains on the images as they are
+    race = tuned["race"]
+    assert race["kept"] == tuned["kept"] and race["kept"] == (race["gain"] >= 0)
+    assert race["stage1"] == head["val_accuracy"]  # the race scores the very models the stages ended with
+    assert metrics["val_accuracy"] == (tuned if tuned["kept"] else head)["val_accuracy"]
+    assert metrics["plan"]["explanation"].splitlines()[-1].startswith("- Race: fine-tuning")
+    assert result.model.evaluate(tiny.x_val.astype("float32"), tiny.y_val, verbose=0)[1] == pytest.approx(
+        metrics["val_accuracy"], abs=1e-4)
 
 
 def test_explicit_settings_override_the_plan_and_are_recorded(tiny, mobilenet_v2_h5):
@@ -115,7 +125,7 @@ def test_explicit_settings_override_the_plan_and_are_recorded(tiny, mobilenet_v2
     result = finetune(tiny, recipe=_recipe(mobilenet_v2_h5, plan="auto", similarity="similar", unfreeze=2),
                       verbose=0)
     plan = result.metrics["plan"]
-    assert plan["overrides"]["unfreeze"] == {"plan": 0, "used": 2}
+    assert plan["overrides"]["unfreeze"]["used"] == 2 and plan["overrides"]["unfreeze"]["plan"] != 2
     assert plan["fine_tuned"] == ["block_16", "top"]
     assert "Overridden by you: unfreeze = 2" in plan["explanation"]
 

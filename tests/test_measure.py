@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from transferkit.data import ImageSet, load_image_folder
-from transferkit.measure import activation_shift, folder_resolution, profile_data, ridge_probe
+from transferkit.measure import (activation_shift, folder_resolution, probe_fold_count, probe_folds, profile_data,
+                                 ridge_probe)
 
 
 def test_activation_shift_is_zero_on_imagenet_statistics_and_cohens_d_for_a_mean_change():
@@ -13,6 +14,21 @@ def test_activation_shift_is_zero_on_imagenet_statistics_and_cohens_d_for_a_mean
     shifted = mean + np.sqrt(var + 1e-3)  # one standard deviation up, every channel
     assert activation_shift(shifted, var, mean, var) == pytest.approx(1.0, rel=1e-6)
     assert activation_shift(mean, var * 9, mean, var) > 0.5  # a variance change counts too
+
+
+def test_probe_folds_score_each_fold_and_the_probe_is_their_mean():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 10)
+    features = np.eye(3)[labels] * 5 + rng.normal(size=(30, 3))
+    folds = probe_folds(features, labels, folds=5, seed=0)
+    assert len(folds) == 5 and all(0.8 <= f <= 1 for f in folds)
+    assert ridge_probe(features, labels, folds=5) == pytest.approx(np.mean(folds))
+
+
+def test_probe_fold_count_follows_the_smallest_class():
+    assert probe_fold_count(np.repeat(np.arange(4), 20)) == 5
+    assert probe_fold_count(np.array([0, 0, 0, 1, 1, 1, 1])) == 3
+    assert probe_fold_count(np.array([0, 1, 1, 1])) == 2  # never fewer than two
 
 
 def test_ridge_probe_separates_separable_data_and_not_noise():
@@ -67,13 +83,30 @@ def test_similarity_falls_as_noise_replaces_the_images(model, cifar_small):
     assert scores[2] < 0.25
 
 
-def test_probe_scores_every_group(model, sign_digits):
+def test_probe_scores_every_group_in_every_fold(model, sign_digits):
     from transferkit.measure import measure_similarity
 
     sign = load_image_folder(sign_digits, image_size=96, val_split=0.1)
     result = measure_similarity(model, sign, sample=100)
     assert list(result.probe) == [g.name for g in model.groups]
     assert max(result.probe.values()) > 0.3  # well above chance (0.1) somewhere
+    assert list(result.probe_folds) == list(result.probe)
+    assert all(len(folds) == 5 for folds in result.probe_folds.values())  # 10 images per class
+    assert result.probe["block_10"] == pytest.approx(np.mean(result.probe_folds["block_10"]), abs=1e-4)
+    assert result.shift_blurred is None and result.upsampling is None  # not asked for
+
+
+def test_the_blur_reference_measures_more_shift_with_more_blur(model, cifar_small):
+    from transferkit.measure import measure_similarity, reblur
+
+    cifar = load_image_folder(cifar_small / "test", image_size=96, val_split=0.1)
+    x = cifar.x_train[:120]
+    assert reblur(x).shape == x.shape
+    assert np.abs(reblur(x) - x).mean() > 1  # it does blur
+    images = ImageSet(x, cifar.y_train[:120], x[:1], cifar.y_train[:1], cifar.class_names, 96)
+    result = measure_similarity(model, images, sample=120, probe=False, upsampling=3.0)
+    assert result.upsampling == 3.0 and result.shift_blurred > result.shift  # CIFAR at 32 px: blur moves it
+    assert measure_similarity(model, images, sample=120, probe=False, upsampling=1.5).shift_blurred is None
 
 
 def test_a_backbone_without_batchnorm_is_said_to_be_unmeasurable():

@@ -73,34 +73,118 @@ def test_similar_boundary(score, similar):
     assert Similarity(score=score).similar is similar
 
 
-def test_small_similar_trains_a_linear_head_only_with_the_whole_budget():
+def test_small_similar_trains_a_head_on_cached_views_then_races_the_top_third():
     plan = plan_freeze(profile(20), similarity(0.8), GROUPS, epochs=10, fine_tune_epochs=15)
     assert plan.quadrant == "small+similar"
-    assert plan.fine_tuned == () and plan.dropped == () and plan.cut is None
-    assert plan.frozen == tuple(NAMES)
+    assert plan.dropped == () and plan.cut is None
+    assert plan.fine_tuned == ("g6", "g7", "g8", "top")  # ceil(10 / 3), all affordable
+    assert (plan.epochs, plan.fine_tune_epochs) == (10, 15)
+    assert plan.race and plan.augment == "light" and plan.augment_views == planner.AUGMENT_VIEWS
+    assert "race" in plan.explain() and "standard error" in plan.explain()
+
+
+def test_small_similar_with_nothing_affordable_gives_the_head_the_whole_budget():
+    huge = [GroupInfo(f"g{i}", 10**9) for i in range(3)]
+    plan = plan_freeze(profile(20), similarity(0.8), huge, epochs=10, fine_tune_epochs=15)
+    assert plan.fine_tuned == () and not plan.race
     assert (plan.epochs, plan.fine_tune_epochs) == (25, 0)
-    assert plan.head["dense"] == [] and plan.augment == "light"
 
 
-def test_small_different_cuts_at_the_earliest_group_within_a_point_of_the_best_probe():
-    plan = plan_freeze(profile(20), similarity(0.3), GROUPS)
+def folds_around(means: dict, noise: float, k: int = 5) -> dict:
+    """Per-fold accuracies with the given means; fold-to-fold wobble ``noise``, the same for every group."""
+    wobble = [noise * w for w in (-2, -1, 0, 1, 2)][:k]
+    return {name: [m + w for w in wobble] for name, m in means.items()}
+
+
+def cv_similarity(score: float, folds: dict, **fields) -> Similarity:
+    probe = {name: sum(v) / len(v) for name, v in folds.items()}
+    return Similarity(score=score, shift=0.4, shift_shallow=0.3, sample=200, probe=probe, probe_folds=folds, **fields)
+
+
+def test_small_different_cuts_only_when_the_probe_lead_is_beyond_two_standard_errors():
+    folds = folds_around(PROBE, 0.0)
+    folds["g4"] = [0.70, 0.72, 0.71, 0.70, 0.72]  # 0.71, paired with top's flat 0.60: a clear lead
+    plan = plan_freeze(profile(20), cv_similarity(0.3, folds), GROUPS)
     assert plan.quadrant == "small+different"
-    assert plan.cut == "g4"  # 0.71 is within one point of the best (g6, 0.72)
+    assert plan.cut == "g4"  # the earliest group within one point of the best (g6, 0.72)
     assert plan.dropped == ("g5", "g6", "g7", "g8", "top")
-    assert plan.fine_tuned == ("g4",) and plan.augment == "strong"
-    assert "g4" in plan.explain() and "dropped" in plan.explain()
+    assert plan.fine_tuned == ("g1", "g2", "g3", "g4")  # the kept groups but the stem
+    assert plan.race and plan.augment == "strong" and plan.augment_views == planner.AUGMENT_VIEWS
+    text = plan.explain()
+    assert "5-fold linear probe scores g4 best" in text and "more than 2 standard errors" in text
+
+
+def test_small_different_keeps_the_whole_backbone_when_the_lead_is_within_the_noise():
+    folds = {"g4": [0.9, 0.5, 0.9, 0.5, 0.75], "top": [0.6, 0.65, 0.7, 0.6, 0.6]}  # +0.1 ± 0.09
+    plan = plan_freeze(profile(20), cv_similarity(0.3, folds), GROUPS)
+    assert plan.cut is None and plan.dropped == ()
+    assert plan.fine_tuned == tuple(NAMES[1:])
+    assert "within the noise, so the whole backbone is kept" in plan.explain()
+
+
+def test_small_different_keeps_the_whole_backbone_when_its_probe_is_best():
+    folds = folds_around({"g4": 0.5, "top": 0.7}, 0.01)
+    plan = plan_freeze(profile(20), cv_similarity(0.3, folds), GROUPS)
+    assert plan.cut is None and "whole backbone's features best" in plan.explain()
 
 
 def test_small_different_skips_groups_that_cannot_be_cut_after():
     groups = [GroupInfo(g.name, g.params, single_cut=g.name != "g4") for g in GROUPS]
-    plan = plan_freeze(profile(20), similarity(0.3), groups)
+    folds = folds_around({"g4": 0.8, "g5": 0.79, "top": 0.5}, 0.01)
+    plan = plan_freeze(profile(20), cv_similarity(0.3, folds), groups)
     assert plan.cut == "g5"
 
 
-def test_small_different_without_a_probe_keeps_the_backbone():
+def test_small_different_without_a_cross_validated_probe_keeps_the_backbone():
     plan = plan_freeze(profile(20), Similarity(score=0.2), GROUPS)
-    assert plan.cut == "top" and plan.dropped == ()
-    assert "no linear probe" in plan.explain()
+    assert plan.cut is None and plan.dropped == ()
+    assert "no cross-validated linear probe" in plan.explain()
+    single_split = plan_freeze(profile(20), similarity(0.3), GROUPS)  # a probe without folds (an older plan)
+    assert single_split.cut is None
+
+
+def test_a_shift_that_is_the_upsampling_blur_does_not_cut():
+    folds = folds_around({"g4": 0.8, "top": 0.5}, 0.01)
+    # Blurring by another x2 adds 0.15: x4 upsampling (2 doublings) explains 0.30 of the 0.40.
+    blurred = cv_similarity(0.2, folds, upsampling=4.0, shift_blurred=0.55)
+    assert planner.blur_free_shift(blurred) == pytest.approx(0.10)
+    plan = plan_freeze(profile(20), blurred, GROUPS)
+    assert plan.quadrant == "small+different"  # the network still has to adapt to the blur
+    assert plan.cut is None
+    text = plan.explain()
+    assert "accounts for an estimated 0.30" in text and "mostly the x4 upsampling's blur" in text
+    content = cv_similarity(0.2, folds, upsampling=4.0, shift_blurred=0.42)  # blur explains 0.04 only
+    assert plan_freeze(profile(20), content, GROUPS).cut == "g4"
+
+
+def test_blur_free_shift_needs_the_reference():
+    assert planner.blur_free_shift(similarity(0.3)) is None
+    less_blur = cv_similarity(0.3, {}, upsampling=3.0, shift_blurred=0.3)  # more blur, less shift: no share
+    assert planner.blur_free_shift(less_blur) == pytest.approx(0.4)
+
+
+def test_paired_gain_is_the_mean_difference_and_its_standard_error():
+    gain, se = planner.paired_gain([0.8, 0.7, 0.9], [0.6, 0.6, 0.6])
+    assert gain == pytest.approx(0.2) and se == pytest.approx(0.0577, abs=1e-4)
+    assert planner.paired_gain([1.0], [0.0]) == (1.0, float("inf"))
+    with pytest.raises(ValueError, match="equal length"):
+        planner.paired_gain([1.0], [])
+
+
+def test_the_race_discards_stage_2_when_it_ends_behind_the_head():
+    first = [True] * 30 + [False] * 10
+    ahead = planner.race_verdict([True] * 38 + [False] * 2, first)  # 8 images gained, none lost
+    assert ahead["kept"] and ahead["gain"] == pytest.approx(0.2) and ahead["stage1"] == 0.75
+    assert ahead["se"] == pytest.approx(0.0641, abs=1e-4)
+    assert planner.race_verdict(first, first)["kept"]  # a tie: stage 2 stays
+    slightly = [True] * 28 + [False] * 2 + [True] + [False] * 9  # two lost, one gained
+    behind = planner.race_verdict(slightly, first)
+    assert not behind["kept"] and behind["gain"] == pytest.approx(-0.025)
+    assert "stage 1's head is kept" in behind["reason"] and "40 validation images" in behind["reason"]
+    lenient = planner.race_verdict(slightly, first, margin=1.0)
+    assert lenient["kept"] and "no more than 1 standard error(s) behind" in lenient["reason"]
+    strict = planner.race_verdict([True] * 31 + [False] * 9, first, margin=-2.0)  # one image ahead: +1 error only
+    assert not strict["kept"] and "at least 2 standard error(s) ahead" in strict["reason"]
 
 
 def test_large_similar_fine_tunes_the_top_third_at_one_rate():
@@ -195,10 +279,18 @@ def test_override_cut_drops_groups_and_keeps_fine_tuning_below_it():
 
 
 def test_unfreezing_a_head_only_plan_gives_stage_2_its_budget_back():
-    plan = plan_freeze(profile(20), similarity(0.8), GROUPS, epochs=10, fine_tune_epochs=15)
-    used = override_plan(plan, NAMES, unfreeze=3, budget=(10, 15))
-    assert used.fine_tuned == ("g7", "g8", "top")
+    huge = [GroupInfo(f"g{i}", 10**9) for i in range(4)]
+    plan = plan_freeze(profile(20), similarity(0.8), huge, epochs=10, fine_tune_epochs=15)
+    used = override_plan(plan, [g.name for g in huge], unfreeze=3, budget=(10, 15))
+    assert used.fine_tuned == ("g1", "g2", "g3")
     assert (used.epochs, used.fine_tune_epochs) == (10, 15)
+
+
+def test_overrides_that_remove_stage_2_or_augmentation_end_the_race_and_the_views():
+    plan = plan_freeze(profile(20), similarity(0.8), GROUPS)
+    used = override_plan(plan, NAMES, unfreeze=0, augment="none")
+    assert not used.race and used.augment_views == 0
+    assert override_plan(plan, NAMES, augment="strong").augment_views == planner.AUGMENT_VIEWS
 
 
 def test_fixed_plan_is_the_recipe_as_written():
@@ -233,10 +325,17 @@ def test_a_plan_round_trips_through_its_dict_for_resumed_runs():
     import json
 
     profile = DataProfile.from_counts([40, 50, 60], resolution=(32, 32))
-    similarity = Similarity(score=0.3, shift=0.3, shift_shallow=0.2, sample=10, probe={"a": 0.5, "b": 0.6})
+    similarity = Similarity(score=0.3, shift=0.3, shift_shallow=0.2, sample=10, probe={"a": 0.5, "b": 0.6},
+                            probe_folds={"a": [0.5, 0.5], "b": [0.6, 0.6]}, upsampling=3.0, shift_blurred=0.4)
     groups = [GroupInfo("a", 100), GroupInfo("b", 200), GroupInfo("c", 300)]
     plan = plan_freeze(profile, similarity, groups, image_size=96)
     again = FreezePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan and again.explain() == plan.explain()
     with pytest.raises(ValueError, match="not a freeze plan"):
         FreezePlan.from_dict({"quadrant": "small+similar"})
+
+
+@pytest.mark.parametrize("score", [0.3, 0.7])
+def test_large_data_plans_keep_their_rules_no_race_no_views(score):
+    plan = plan_freeze(profile(200), similarity(score), GROUPS)
+    assert not plan.race and plan.augment_views == 0 and plan.augment == "none"

@@ -35,6 +35,7 @@ _EXPORTS = {
     "AugmentConfig": "config",
     "load_image_folder": "data",
     "scan_folder": "data",
+    "augmented_views": "data",
     # heads and recipes
     "HeadConfig": "config",
     "task_spec": "heads",
@@ -50,6 +51,8 @@ _EXPORTS = {
     "GroupInfo": "planner",
     "plan_freeze": "planner",
     "override_plan": "planner",
+    "race_verdict": "planner",
+    "blur_free_shift": "planner",
     "measure_similarity": "measure",
     "profile_data": "measure",
     "DiscriminativeAdam": "optim",

@@ -34,6 +34,7 @@ __all__ = [
     "ImageSet",
     "AugmentConfig",
     "AUGMENT_PRESETS",
+    "augmented_views",
     "augment_config",
     "scan_folder",
     "decode_image",
@@ -408,20 +409,66 @@ def _check_classes_survive(labels: np.ndarray, names: Sequence[str], skipped) ->
         )
 
 
-def augmentation_layers(config: AugmentConfig) -> list:
-    """Keras 3 preprocessing layers for ``config`` (empty when it does nothing)."""
+def augmentation_layers(config: AugmentConfig, seed: int | None = None) -> list:
+    """Keras 3 preprocessing layers for ``config`` (empty when it does nothing).
+
+    Args:
+        config: The augmentation.
+        seed: Seed of the layers' random draws (``None``: unseeded).
+
+    Returns:
+        The layers, in the order they apply.
+    """
     import keras
 
+    seeds = iter(range(seed, seed + 4)) if seed is not None else iter([None] * 4)
     layers = []
     if config.flip:
-        layers.append(keras.layers.RandomFlip(config.flip))
+        layers.append(keras.layers.RandomFlip(config.flip, seed=next(seeds)))
     if config.rotation:
-        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect"))
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=next(seeds)))
     if config.zoom:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect"))
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=next(seeds)))
     if config.contrast:
-        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255)))
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=next(seeds)))
     return layers
+
+
+def augmented_views(x: np.ndarray, config: AugmentConfig, views: int, *, seed: int = 0,
+                    batch_size: int = 256) -> np.ndarray:
+    """``views`` fixed views of every image: the images themselves, then ``views - 1`` seeded augmented copies.
+
+    The frozen-feature cache computes their features once, so a head can
+    train on augmented data without a forward pass of the backbone per
+    epoch (:func:`transferkit.training.stage_model`). The same seed and
+    batch size give the same views, so a resumed run sees the same data.
+
+    Args:
+        x: ``uint8`` images ``(n, h, w, 3)``.
+        config: The augmentation.
+        views: Views per image, at least 1.
+        seed: Seed of the augmentation.
+        batch_size: Images augmented at a time.
+
+    Returns:
+        ``uint8`` images ``(views * n, h, w, 3)``, view by view.
+
+    Raises:
+        ValueError: When ``views`` is below 1.
+    """
+    if views < 1:
+        raise ValueError(f"views must be at least 1 (the images themselves), got {views}.")
+    out = np.empty((views * len(x), *x.shape[1:]), dtype=np.uint8)
+    out[: len(x)] = x
+    layers = augmentation_layers(config, seed=seed)
+    for view in range(1, views):
+        for start in range(0, len(x), batch_size):
+            images = x[start:start + batch_size].astype(np.float32)
+            for layer in layers:
+                images = layer(images, training=True)
+            at = view * len(x) + start
+            out[at:at + len(images)] = np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
+    return out
 
 
 def make_dataset(

@@ -127,7 +127,7 @@ def find_rate(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: F
     started = time.perf_counter()
     set_seed(recipe.seed)
     cut = unfreeze(transfer, groups)
-    model, x_train, _, _, _ = stage_model(transfer, images, recipe, cut, False, f"lr-find ({stage})")
+    model, x_train, _, _, _, _ = stage_model(transfer, images, recipe, cut, None, f"lr-find ({stage})")
     rates = dict(plan.group_learning_rates) if groups else None
     peak = max(rates.values()) if rates else plan.learning_rate
     compile_stage(transfer, model, dataclasses.replace(recipe, ema=None), learning_rate=peak, rates=rates)

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -307,6 +307,9 @@ def _finetune_registry(prep: Prepared, *, verbose: int | None, callbacks: Sequen
     stages = run_plan(transfer, prep.images, recipe, plan_, verbose=verbose, history=history, callbacks=callbacks,
                       checkpoint=checkpoint, before_fine_tune=before_fine_tune)
     plan_ = latest[-1]
+    raced = next((s.race for s in stages if s.race), None)
+    if raced:  # the race's outcome is the plan's last decision
+        plan_ = replace(plan_, reasons=(*plan_.reasons, raced["reason"]))
     kept = [s for s in stages if s.kept]
     tuned = bool(kept) and kept[-1].name.startswith("fine_tune")
     cut = unfreeze(transfer, len(kept[-1].unfrozen_groups) if tuned else 0)

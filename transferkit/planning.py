@@ -16,12 +16,12 @@ from transferkit.config import AugmentConfig, Recipe
 from transferkit.data import ImageSet
 from transferkit.errors import RecipeError
 from transferkit.hub import HubBackbone, backbone_params
-from transferkit.measure import group_infos, measure_similarity, profile_data
+from transferkit.measure import DEFAULT_SAMPLE, SMALL_SAMPLE, group_infos, measure_similarity, profile_data
 from transferkit.model import TransferModel
-from transferkit.planner import (FreezePlan, GroupInfo, Similarity, fixed_plan, override_plan, plan_freeze,
-                                 plan_opaque)
+from transferkit.planner import (SMALL_PER_CLASS, DataProfile, FreezePlan, GroupInfo, Similarity, fixed_plan,
+                                 override_plan, plan_freeze, plan_opaque)
 
-__all__ = ["make_plan", "hub_plan", "default_unfreeze", "augment_name", "head_dict"]
+__all__ = ["make_plan", "hub_plan", "default_unfreeze", "augment_name", "head_dict", "measure_settings"]
 
 
 def default_unfreeze(num_groups: int) -> int:
@@ -34,6 +34,26 @@ def augment_name(value: AugmentConfig | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return "custom"
+
+
+def measure_settings(profile: DataProfile, image_size: int) -> dict[str, Any]:
+    """How :func:`~transferkit.measure.measure_similarity` measures this data: sample size and upsampling.
+
+    Small data (under :data:`~transferkit.planner.SMALL_PER_CLASS` per
+    class) is measured whole, up to :data:`~transferkit.measure.SMALL_SAMPLE`
+    images, so the probe's folds hold every image; images upsampled at
+    least twice get the blur reference.
+
+    Args:
+        profile: The data profile (its median original resolution, if known).
+        image_size: The input side the network sees.
+
+    Returns:
+        ``{"sample": n, "upsampling": factor or None}``.
+    """
+    small = profile.per_class_median < SMALL_PER_CLASS
+    factor = image_size / min(profile.resolution) if profile.resolution and min(profile.resolution) > 0 else None
+    return {"sample": SMALL_SAMPLE if small else DEFAULT_SAMPLE, "upsampling": factor}
 
 
 def head_dict(recipe: Recipe) -> dict[str, Any]:
@@ -78,7 +98,7 @@ def make_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe,
                               epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
                               augment=augment_name(recipe.augment) or "none", gradual=recipe.gradual)
             return replace(plan, head=head)
-        measured = measure_similarity(transfer, images, seed=recipe.seed)
+        measured = measure_similarity(transfer, images, seed=recipe.seed, **measure_settings(profile, transfer.image_size))
         similarity = measured
         if recipe.similarity is not None:
             similarity = Similarity.declare(recipe.similarity == "similar", measured=measured)

@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
+import numpy as np
+
 from transferkit.cache import cache_features, cache_state
 from transferkit.config import AugmentConfig, Recipe, ScheduleConfig, augment_config
 from transferkit.data import ImageSet, class_weights, make_dataset
@@ -71,6 +73,8 @@ class StageResult:
         snapshots: With a snapshot ensemble: ``members`` (each snapshot's
             validation accuracy, in order), ``ensemble`` (their averaged
             probabilities'), ``steps`` (where each was taken).
+        race: On small data, the race of stage 2 against stage 1
+            (:func:`~transferkit.planner.race_verdict`), on the last stage 2.
     """
 
     name: str
@@ -90,6 +94,7 @@ class StageResult:
     resumed_from_epoch: int | None = None
     val_accuracy_raw: float | None = None
     snapshots: dict[str, Any] | None = None
+    race: dict[str, Any] | None = None
 
 
 @dataclass
@@ -529,37 +534,51 @@ def make_schedule(config: ScheduleConfig, rate: float, *, epochs: int, steps: in
     return schedule, []
 
 
-def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: str | None, augment: bool,
-                name: str) -> tuple[Any, Any, Any, str, float]:
-    """What a stage trains and on what: ``(model, x_train, x_val, cache state, feature seconds)``.
+def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: str | None,
+                augment: AugmentConfig | None, name: str, *, views: int = 0) -> tuple[Any, Any, Any, Any, str, float]:
+    """What a stage trains and on what: ``(model, x_train, y_train, x_val, cache state, feature seconds)``.
 
     Args:
         transfer: The whole model, unfrozen as the stage trains it.
         data: The images.
-        recipe: ``feature_cache`` and ``batch_size``.
+        recipe: ``feature_cache``, ``batch_size`` and ``seed``.
         cut: The last frozen operation (from :func:`~transferkit.model.unfreeze`).
-        augment: Whether the stage augments (the cache is then off).
+        augment: The stage's augmentation; live augmentation turns the cache off.
         name: The stage's name, for the log.
+        views: With augmentation, cache the features of this many fixed
+            views of each training image instead (the image, then seeded
+            augmented copies; :func:`~transferkit.data.augmented_views`),
+            so that the cache stays on. 0 or 1: live augmentation.
 
     Returns:
         The whole model and the images, or the part above the cut and the
-        cached features below it; the cache state; the feature pass's seconds.
+        cached features below it (``views`` rows per training image, labels
+        repeated); the cache state; the feature pass's seconds.
     """
-    state = cache_state(augment=augment, enabled=recipe.feature_cache, cut=cut)
+    viewed = augment is not None and views > 1
+    state = cache_state(augment=augment is not None and not viewed, enabled=recipe.feature_cache, cut=cut)
     if state != "on":
-        return transfer.model, data.x_train, data.x_val, state, 0.0
+        return transfer.model, data.x_train, data.y_train, data.x_val, state, 0.0
     if cut == transfer.groups[-1].end and any(layer.name == "head_pool" for layer in transfer.model.layers):
         cut = "head_pool"  # pooling has no weights: cache the pooled features, 1/(h*w) the size
     lower, upper = split_model(transfer.model, cut)
-    x_train, x_val, state, seconds = cache_features(lower, data.x_train, data.x_val, max(64, recipe.batch_size))
+    x_train, y_train = data.x_train, data.y_train
+    if viewed:
+        from transferkit.data import augmented_views
+
+        x_train = augmented_views(data.x_train, augment, views, seed=recipe.seed)
+        y_train = np.tile(data.y_train, views)
+    x_train, x_val, state, seconds = cache_features(lower, x_train, data.x_val, max(64, recipe.batch_size))
+    if viewed:
+        state += f" ({views} views per training image: the image and {views - 1} augmented copies)"
     log.info("%s: frozen features below %s computed in %.1fs (%s)", name, cut, seconds, state)
-    return upper, x_train, x_val, state, seconds
+    return upper, x_train, y_train, x_val, state, seconds
 
 
 def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, name: str, groups: int,
                  epochs: int, learning_rate: float, schedule: ScheduleConfig, augment: AugmentConfig | None,
                  rates: dict[str, float] | None, verbose: int | None, history: list,
-                 callbacks: Sequence[Any], checkpoint: Checkpoint | None = None) -> StageResult:
+                 callbacks: Sequence[Any], checkpoint: Checkpoint | None = None, views: int = 0) -> StageResult:
     """One stage of a registry model: unfreeze, cache below the cut, compile, fit, evaluate."""
     from transferkit.callbacks import Snapshots
     from transferkit.schedules import cycle_ends, first_cycle_for
@@ -568,15 +587,16 @@ def _train_stage(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, nam
     set_seed(recipe.seed)
     cut = unfreeze(transfer, groups)
     unfrozen = [g.name for g in transfer.groups[len(transfer.groups) - groups:]] if groups else []
-    model, x_train, x_val, state, feature_seconds = stage_model(transfer, data, recipe, cut, augment is not None,
-                                                                name)
+    model, x_train, y_train, x_val, state, feature_seconds = stage_model(transfer, data, recipe, cut, augment, name,
+                                                                         views=views)
+    live = None if model is not transfer.model else augment  # cached views are augmented already
     compile_stage(transfer, model, recipe, learning_rate=learning_rate,
                   rates={g: r for g, r in (rates or {}).items() if g in unfrozen} or None)
-    steps = steps_per_epoch(len(data.y_train), recipe.batch_size)
+    steps = steps_per_epoch(len(y_train), recipe.batch_size)
     lr_schedule, schedule_callbacks = make_schedule(schedule, learning_rate, epochs=epochs, steps=steps,
                                                     monitor=transfer.task.monitor)
-    train_ds = make_dataset(x_train, data.y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed,
-                            augment=augment)
+    train_ds = make_dataset(x_train, y_train, batch_size=recipe.batch_size, shuffle=True, seed=recipe.seed,
+                            augment=live)
     val_ds = make_dataset(x_val, data.y_val, batch_size=max(64, recipe.batch_size))
     weights = class_weights(data.y_train, data.num_classes) if recipe.class_weight else None
     resume = checkpoint.resume_for(name) if checkpoint else None
@@ -659,7 +679,7 @@ def snapshot_scores(transfer: TransferModel, model: Any, members: list, val: Any
 def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epochs: int | None = None,
                learning_rate: float | None = None, augment: AugmentConfig | str | None = None,
                verbose: int | None = None, history: list | None = None,
-               callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None) -> StageResult:
+               callbacks: Sequence[Any] = (), checkpoint: Checkpoint | None = None, views: int = 0) -> StageResult:
     """Stage 1: train the head on the frozen backbone.
 
     Args:
@@ -674,11 +694,14 @@ def train_head(transfer: TransferModel, data: ImageSet, recipe: Recipe, *, epoch
         history: List that receives one row per epoch.
         callbacks: Extra Keras callbacks.
         checkpoint: Saves the state each epoch; resumes where it says.
+        views: With augmentation, train on the cached features of this many
+            fixed views of each image instead of live augmented images
+            (:func:`stage_model`).
 
     Returns:
         The stage's :class:`StageResult`.
     """
-    return _train_stage(transfer, data, recipe, name="head", groups=0,
+    return _train_stage(transfer, data, recipe, name="head", groups=0, views=views,
                         epochs=recipe.epochs if epochs is None else epochs,
                         learning_rate=learning_rate or recipe.numeric().learning_rate, schedule=recipe.head_schedule,
                         rates=None,
@@ -774,7 +797,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
     stages: list[StageResult] = []
     if plan.epochs > 0:
         stages.append(done.get("head") or train_head(transfer, images, recipe, epochs=plan.epochs,
-                                                     learning_rate=plan.learning_rate, **common))
+                                                     learning_rate=plan.learning_rate, views=plan.augment_views,
+                                                     **common))
         if checkpoint and "head" not in done:
             checkpoint.stage_done(stages[-1], transfer.model, history, names[0] if names else None)
     if not names:
@@ -785,6 +809,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
     before = checkpoint.arrays["baseline"] if checkpoint else transfer.model.get_weights() if baseline else None
     if before_fine_tune is not None and names[0] not in done and not (checkpoint and checkpoint.resume_for(names[0])):
         plan = before_fine_tune(plan)
+    if plan.augment_views:  # augmented through stage 1's cached views; stage 2 trains on the images as they are
+        common["augment"] = "none"
     second = []
     for k, ((groups, epochs), name) in enumerate(zip(steps, names)):
         second.append(done.get(name) or train_unfrozen(transfer, images, recipe, groups,
@@ -792,12 +818,52 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
                                                        **common))
         if checkpoint and name not in done:
             checkpoint.stage_done(second[-1], transfer.model, history, names[k + 1] if k + 1 < len(names) else None)
-    if baseline is not None and not better(second[-1], baseline, transfer.task.monitor):
+    if baseline is None:
+        return stages + second
+    verdict = race(transfer, images, before, batch_size=max(64, recipe.batch_size)) if plan.race else None
+    if verdict is not None:
+        second[-1] = replace(second[-1], race=verdict)
+        log.info("%s", verdict["reason"])
+    if (not verdict["kept"]) if verdict is not None else not better(second[-1], baseline, transfer.task.monitor):
         transfer.model.set_weights(before)
         transfer.members = None
         second = [replace(stage, kept=False) for stage in second]
-        log.info("Stage 2 ended below stage 1 on the validation set; stage 1's weights were kept.")
+        if verdict is None:
+            log.info("Stage 2 ended below stage 1 on the validation set; stage 1's weights were kept.")
     return stages + second
+
+
+def race(transfer: TransferModel, images: ImageSet, before: list, *, batch_size: int) -> dict[str, Any] | None:
+    """Stage 2's model (the current weights) against stage 1's (``before``), image by image on the validation split.
+
+    Args:
+        transfer: The model, holding stage 2's weights (they are left in place).
+        images: The data (its validation split is scored).
+        before: Stage 1's weights.
+        batch_size: Batch size of the passes.
+
+    Returns:
+        :func:`~transferkit.planner.race_verdict`'s result, or ``None`` when
+        the race cannot run (no validation images, a task without classes,
+        or a snapshot ensemble, which stage 2's own rule judges).
+    """
+    from transferkit.cache import predict_batches
+    from transferkit.planner import race_verdict
+    from transferkit.scores import class_probabilities
+
+    if not len(images.y_val) or transfer.members or transfer.task.monitor[0] != "val_accuracy":
+        return None
+    after = transfer.model.get_weights()
+
+    def correct() -> np.ndarray:
+        probabilities = class_probabilities(np.asarray(predict_batches(transfer.model, images.x_val, batch_size)))
+        return probabilities.argmax(axis=1) == np.asarray(images.y_val).reshape(-1)
+
+    second = correct()
+    transfer.model.set_weights(before)
+    first = correct()
+    transfer.model.set_weights(after)
+    return race_verdict(second, first)
 
 
 def _hub_head_stage(model: Any, feature_model: Any, images: ImageSet, recipe: Recipe, plan: FreezePlan,

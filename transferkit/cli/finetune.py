@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(data, recipe=recipe, verbose=2 if args.quiet else None, overwrite=args.overwrite)
     metrics = result.metrics
     print(result.plan.explain())
+    raced = any(stage.get("race") for stage in metrics["stages"])
     for stage in metrics["stages"]:
-        kept = "" if stage["kept"] else " (below stage 1: undone)"
+        kept = "" if stage["kept"] else " (lost the race to stage 1: undone)" if raced else " (below stage 1: undone)"
         print(f"stage {stage['name']}: {stage['epochs']} epochs (best {stage['best_epoch']}), "
               f"{stage['seconds']:.1f}s, val_accuracy {stage['val_accuracy']}{kept}, "
               f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
