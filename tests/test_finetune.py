@@ -215,3 +215,15 @@ def test_feature_cache_on_disk_gives_the_same_model_and_leaves_nothing(tiny, mob
     assert list(tmp_path.iterdir()) == []  # the mapped files were unlinked
     for a, b in zip(disk.model.get_weights(), memory.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_views_that_would_exceed_the_decoded_budget_fall_back_to_live_augmentation(tiny, mobilenet_v2_h5,
+                                                                                   monkeypatch):
+    from transferkit.finetune import finetune
+
+    monkeypatch.setenv("TRANSFERKIT_MAX_DECODED_GB", str(tiny.x_train.nbytes * 4 / 2**30))  # 4 views fit, 8 not
+    recipe = dataclasses.replace(_recipe(mobilenet_v2_h5, plan="auto", similarity="similar", fine_tune_epochs=0,
+                                         epochs=1), unfreeze=None)
+    result = finetune(tiny, recipe=recipe, verbose=0)
+    head = result.metrics["stages"][0]
+    assert head["feature_cache"] == "off: augmentation needs live images" and head["augment"] == "on"

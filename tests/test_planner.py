@@ -339,3 +339,22 @@ def test_a_plan_round_trips_through_its_dict_for_resumed_runs():
 def test_large_data_plans_keep_their_rules_no_race_no_views(score):
     plan = plan_freeze(profile(200), similarity(score), GROUPS)
     assert not plan.race and plan.augment_views == 0 and plan.augment == "none"
+
+
+def test_a_probe_with_too_few_folds_cannot_cut():
+    folds = {"g4": [0.9, 0.95, 0.92], "top": [0.5, 0.5, 0.52]}  # a huge lead, but 3 folds only
+    plan = plan_freeze(profile(20), cv_similarity(0.3, folds), GROUPS)
+    assert plan.cut is None and "too few to judge" in plan.explain()
+
+
+def test_removing_stage_2_by_override_gives_the_head_its_budget():
+    plan = plan_freeze(profile(20), similarity(0.8), GROUPS, epochs=10, fine_tune_epochs=15)
+    used = override_plan(plan, NAMES, unfreeze=0)
+    assert (used.epochs, used.fine_tune_epochs) == (25, 0) and not used.race
+
+
+def test_small_different_never_fine_tunes_the_stem_alone():
+    folds = folds_around({"g0": 0.9, "top": 0.5}, 0.01)  # the probe's best is the stem itself
+    plan = plan_freeze(profile(20), cv_similarity(0.3, folds), GROUPS, epochs=10, fine_tune_epochs=15)
+    assert plan.cut == "g0" and plan.fine_tuned == () and not plan.race
+    assert (plan.epochs, plan.fine_tune_epochs) == (25, 0)

@@ -148,6 +148,9 @@ IMBALANCED_AT = 3.0
 #: the fold-paired difference (two: the best of many cuts is picked, so a
 #: one-error lead is expected by chance alone).
 CUT_MARGIN_SE = 2.0
+#: Folds a probe needs before its lead may cut the backbone (a standard
+#: error from 2 or 3 folds has too few degrees of freedom to trust).
+MIN_CUT_FOLDS = 4
 #: Small data discards stage 2 when it trails stage 1 on the validation
 #: images by more than this many standard errors of the paired difference.
 #: Measured on the small-data benchmark (README): requiring stage 2 to lead
@@ -318,9 +321,11 @@ class FreezePlan:
         reasons: One sentence per decision, in order.
         overrides: ``{field: {"plan": value, "used": value}}`` for every
             decision an explicit setting overrode.
-        race: Keep stage 2 only when it beats stage 1 on the validation
-            images by more than :data:`RACE_MARGIN_SE` standard errors
-            (small data); otherwise stage 2 is kept unless it ends below.
+        race: Race stage 2 against stage 1 image by image on the
+            validation images and discard it when it trails by more than
+            :data:`RACE_MARGIN_SE` standard errors (small data; 0: when it
+            ends behind); without a race, stage 2 is likewise undone when
+            its validation accuracy ends below stage 1's.
         augment_views: Stage 1 trains on cached features of this many
             fixed views of each training image (the image and augmented
             copies), so that augmentation keeps the feature cache on, and
@@ -603,11 +608,14 @@ def _best_cut(groups: Sequence[GroupInfo], similarity: Similarity) -> tuple[int,
     cuttable = [i for i, g in enumerate(groups) if g.single_cut and g.name in folds and g.name in similarity.probe]
     if top not in folds or not cuttable:
         return whole, "no cross-validated linear probe was measured, so the whole backbone is kept"
+    k = len(folds[top])
+    if k < MIN_CUT_FOLDS:
+        return whole, (f"the linear probe had {k} folds (a class has fewer than {MIN_CUT_FOLDS} images in the "
+                       f"sample), too few to judge a cut's lead, so the whole backbone is kept")
     probe = similarity.probe
     best = max(probe[groups[i].name] for i in cuttable)
     # The earliest group within one point of the best: earlier features are more generic.
     index = next(i for i in cuttable if probe[groups[i].name] >= best - 0.01)
-    k = len(folds[top])
     if index == whole:
         return whole, (f"a {k}-fold linear probe scores the whole backbone's features best "
                        f"({_fold_summary(folds[top])}), so none is dropped")
@@ -751,7 +759,7 @@ _RACE = ("in a race: stage 2 is discarded if it ends behind the frozen head on t
 
 
 def _small_similar(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs, backbone) -> _Decision:
-    """Small and similar: a linear head, then the top third fine-tuned, kept only if it wins the race."""
+    """Small and similar: a linear head, then the top third fine-tuned, discarded if it loses the race."""
     names = [g.name for g in groups]
     share = max(1, math.ceil(SIMILAR_SHARE * len(groups)))
     count = min(share, _affordable(groups, profile.images)) if fine_tune_epochs else 0
@@ -776,8 +784,8 @@ def _small_different(groups, profile, similarity, *, stage2_rate, epochs, fine_t
     index, why = _best_cut(groups, similarity)
     cut, dropped, kept = names[index], tuple(names[index + 1:]), groups[: index + 1]
     cut = cut if dropped else None
-    count = min(max(1, len(kept) - 1), _affordable(kept, profile.images)) if fine_tune_epochs else 0
-    fine_tuned = [g.name for g in kept[len(kept) - count:]] if count else []
+    count = min(len(kept) - 1, _affordable(kept, profile.images)) if fine_tune_epochs else 0  # never the stem
+    fine_tuned = [g.name for g in kept[len(kept) - count:]] if count > 0 else []
     span, span_reason = discriminative_span(similarity)
     rates = (f" with discriminative rates from {stage2_rate * span:.1e} to {stage2_rate:.1e} ({span_reason})"
              if span < 1 else f" at {stage2_rate:.1e}")
@@ -787,9 +795,10 @@ def _small_different(groups, profile, similarity, *, stage2_rate, epochs, fine_t
               + f"a linear head trains on the cached features of {AUGMENT_VIEWS} strongly augmented views of "
               "each image"
               + (f"; then {count} of the {len(kept)} kept groups ({fine_tuned[0]} to {fine_tuned[-1]}) are "
-                 f"fine-tuned{rates} in a race: stage 2 is kept only if it beats the frozen head on the "
-                 f"validation images by more than {RACE_MARGIN_SE:g} standard error(s) of the paired difference."
-                 if fine_tuned else "."))
+                 f"fine-tuned{rates} on the unaugmented images, {_RACE}"
+                 if fine_tuned else f", for the whole epoch budget ({epochs + fine_tune_epochs})."))
+    if not fine_tuned:
+        epochs, fine_tune_epochs = epochs + fine_tune_epochs, 0
     return _Decision(fine_tuned, reason, epochs, fine_tune_epochs, augment="strong", cut=cut, dropped=dropped,
                      span=span if fine_tuned else 1.0, allows_gradual=False, race=bool(fine_tuned),
                      views=AUGMENT_VIEWS)
@@ -964,8 +973,8 @@ def override_plan(
         # The plan gave stage 2's budget to stage 1; hand it back.
         stage2 = budget[1] if budget else max(1, plan.epochs // 2)
         changes.update(fine_tune_epochs=stage2, epochs=max(1, plan.epochs - stage2))
-    elif not fine_tuned:
-        changes["fine_tune_epochs"] = 0
+    elif not fine_tuned:  # no stage 2: the head gets its budget
+        changes.update(fine_tune_epochs=0, epochs=plan.epochs + plan.fine_tune_epochs)
     if augment is not None:
         record("augment", plan.augment, augment)
         changes.update(augment=augment, **({"augment_views": 0} if augment == "none" else {}))

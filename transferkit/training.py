@@ -31,7 +31,7 @@ import numpy as np
 
 from transferkit.cache import cache_features, cache_state
 from transferkit.config import AugmentConfig, Recipe, ScheduleConfig, augment_config
-from transferkit.data import ImageSet, class_weights, make_dataset
+from transferkit.data import MAX_DECODED_ENV, ImageSet, class_weights, decoded_budget, make_dataset
 from transferkit.graph import split_model
 from transferkit.model import (TransferModel, compile_model, is_legacy, make_optimizer, set_seed,
                                trainable_params, unfreeze)
@@ -556,6 +556,11 @@ def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: st
         repeated); the cache state; the feature pass's seconds.
     """
     viewed = augment is not None and views > 1
+    if viewed and data.x_train.nbytes * views > decoded_budget():
+        log.warning("%s: %d augmented views of %d images would exceed the decoded-image budget ($%s); "
+                    "augmenting live instead (the feature cache is then off).", name, views, len(data.y_train),
+                    MAX_DECODED_ENV)
+        viewed = False
     state = cache_state(augment=augment is not None and not viewed, enabled=recipe.feature_cache, cut=cut)
     if state != "on":
         return transfer.model, data.x_train, data.y_train, data.x_val, state, 0.0
