@@ -416,8 +416,8 @@ def size_verdict(profile: DataProfile, top_group_params: int) -> tuple[bool, str
     per_class = f"{profile.per_class_median:g}"
     head = f"{profile.images:,} training images, median {per_class} per class"
     if profile.per_class_median < SMALL_PER_CLASS:
-        return True, (f"{head}: small (under {SMALL_PER_CLASS} per class a linear probe on "
-                      f"frozen features matches fine-tuning).")
+        return True, (f"{head}: small (under {SMALL_PER_CLASS} per class one image moves a class's accuracy by "
+                      f"points, so each decision below states its evidence and noise).")
     if top_group_params > budget:
         return True, (f"{head}: small for this backbone (its top group alone has "
                       f"{top_group_params:,} parameters, more than the {budget:,} that "
