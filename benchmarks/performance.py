@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ SIZE, EPOCHS, BATCH = 96, 6, 32
 #: The precision/XLA variants run once, on a subset (float16 is emulated on CPUs and slow).
 VARIANT_IMAGES, VARIANT_EPOCHS = 320, 3
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import run_child  # noqa: E402
 
 
 def _assets() -> Path:
@@ -213,12 +214,7 @@ def _child(name: str) -> dict:
     code = (f"import json, resource, sys; sys.path.insert(0, {str(HERE)!r}); import performance as p; "
             f"r = p.PARTS[{name!r}](); r['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF)"
             f".ru_maxrss / 1024, 1); print('RESULT ' + json.dumps(r))")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    line = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
-    if done.returncode or not line:
-        raise SystemExit(f"part {name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(line[-1][len("RESULT "):])
+    return run_child(code, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, what=f"part {name}")
 
 
 def _steady(epochs: list[float]) -> float:

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from child import run_child  # noqa: E402
 
 #: name -> PruneConfig overrides. "default" is `transferkit prune` with no flags.
 SETTINGS = {
@@ -54,12 +56,7 @@ def _finetune_demo(folder: Path) -> float:
 
 
 def _prune(run: Path, out: Path, overrides: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(run), str(out), json.dumps(overrides)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"pruning failed:\n{done.stderr[-3000:]}")
-    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return run_child(CHILD, argv=(str(run), str(out), json.dumps(overrides)), what="pruning")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from transferkit.config import Recipe
+from transferkit.config import Recipe, check_number
 from transferkit.data import ImageSet, make_dataset
 from transferkit.errors import RecipeError
 from transferkit.model import TransferModel, set_seed, unfreeze
@@ -69,11 +69,6 @@ class RateFinding:
         """JSON-ready form."""
         return dataclasses.asdict(self)
 
-    def summary(self) -> dict[str, Any]:
-        """What ``metrics.json["lr_find"]`` keeps: the rule, the rate used and every suggestion."""
-        return {"rule": self.rule, "learning_rate": self.suggestion, "suggestions": dict(self.suggestions),
-                "steps": len(self.learning_rates), "stopped_at": self.stopped_at, "seconds": self.seconds}
-
 
 def check_finder(stage: str, rule: str, steps: int, start: float, end: float) -> None:
     """Refuse bad finder settings before TensorFlow loads.
@@ -81,8 +76,6 @@ def check_finder(stage: str, rule: str, steps: int, start: float, end: float) ->
     Raises:
         RecipeError: Naming the setting, what it got and what it takes.
     """
-    from transferkit.config import check_number
-
     if stage not in STAGES:
         raise RecipeError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}.")
     if rule not in LR_RULES:

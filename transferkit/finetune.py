@@ -237,7 +237,8 @@ def finetune(
     if prep.recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(prep.recipe.mixed_precision)
     try:
-        checkpoint = Checkpoint.open(prep.recipe.output, fingerprint(prep.recipe, prep.images), overwrite=overwrite)
+        output = prep.recipe.output  # the fingerprint hashes every image: only a run folder needs it
+        checkpoint = Checkpoint.open(output, fingerprint(prep.recipe, prep.images), overwrite=overwrite) if output else None
         run = _finetune_hub if isinstance(prep.spec, HubBackbone) else _finetune_registry
         result, record, export = run(prep, verbose=verbose, callbacks=tuple(callbacks), checkpoint=checkpoint)
     finally:

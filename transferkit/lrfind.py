@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from transferkit.config import Recipe
@@ -22,7 +23,7 @@ from transferkit.model import build_model, set_seed
 from transferkit.planning import make_plan
 from transferkit.registry import REGISTRY, Registry
 from transferkit.runs import check_folder
-from transferkit.training import train_head
+from transferkit.training import run_plan
 
 __all__ = ["lr_find"]
 
@@ -72,8 +73,7 @@ def lr_find(data: str | os.PathLike | ImageSet | None = None, *, output: str | o
         transfer = build_model(prep.spec, registry=registry, cut=plan.cut, **prep.build)
     if stage == "fine-tune" and plan.fine_tuned and plan.epochs > 0:
         log.info("lr-find: training stage 1 first (%d epochs), as the plan says.", plan.epochs)
-        train_head(transfer, prep.images, recipe_, epochs=plan.epochs, learning_rate=plan.learning_rate,
-                   augment=recipe_.augment if plan.augment == "custom" else plan.augment, verbose=verbose)
+        run_plan(transfer, prep.images, recipe_, replace(plan, fine_tune_epochs=0), verbose=verbose)  # as the run
     finding = find_rate(transfer, prep.images, recipe_, plan, stage=stage, rule=rule, steps=steps, start=start,
                         end=end)
     write_finding(folder, finding)

@@ -272,11 +272,8 @@ class Similarity:
         """
         if measured is None:
             return cls(score=1.0 if similar else 0.0, method="declared by the user", declared=True)
-        return cls(score=1.0 if similar else 0.0, shift=measured.shift, shift_shallow=measured.shift_shallow,
-                   method=f"declared by the user (measured score {measured.score:.2f})",
-                   sample=measured.sample, probe=dict(measured.probe), declared=True,
-                   probe_folds={k: list(v) for k, v in measured.probe_folds.items()},
-                   upsampling=measured.upsampling, shift_blurred=measured.shift_blurred)
+        return replace(measured, score=1.0 if similar else 0.0, declared=True,
+                       method=f"declared by the user (measured score {measured.score:.2f})")
 
 
 @dataclass(frozen=True)
@@ -488,6 +485,21 @@ def _affordable(groups: Sequence[GroupInfo], images: int) -> int:
     return count
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``values`` and its standard error (infinite for fewer than two values).
+
+    Raises:
+        ValueError: When ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("mean_se needs at least one value.")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.inf
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
 def paired_gain(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """Mean of ``a - b`` over paired measurements and its standard error.
 
@@ -503,12 +515,7 @@ def paired_gain(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """
     if len(a) != len(b) or not a:
         raise ValueError(f"paired_gain needs two non-empty sequences of equal length, got {len(a)} and {len(b)}.")
-    diffs = [x - y for x, y in zip(a, b)]
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return mean, math.inf
-    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return mean, math.sqrt(variance / len(diffs))
+    return mean_se([x - y for x, y in zip(a, b)])
 
 
 def race_verdict(stage2_correct: Sequence[bool], stage1_correct: Sequence[bool],
@@ -584,8 +591,7 @@ def _blur_note(similarity: Similarity) -> str | None:
 
 def _fold_summary(folds: Sequence[float]) -> str:
     """``"0.71 ± 0.03"``: a probe's mean accuracy and its standard error over the folds."""
-    mean = sum(folds) / len(folds)
-    se = math.sqrt(sum((f - mean) ** 2 for f in folds) / (len(folds) - 1) / len(folds)) if len(folds) > 1 else 0.0
+    mean, se = mean_se(folds)  # a cut is judged on 4 folds or more: the error is finite
     return f"{mean:.2f} ± {se:.2f}"
 
 
@@ -697,8 +703,8 @@ def plan_freeze(
         profile=profile,
         similarity=similarity,
         reasons=tuple(reasons),
-        race=decision.race and bool(fine_tuned),
-        augment_views=decision.views,
+        race=small and bool(fine_tuned),
+        augment_views=AUGMENT_VIEWS if small else 0,
     )
 
 
@@ -715,8 +721,6 @@ class _Decision:
     dropped: tuple[str, ...] = ()
     span: float = 1.0
     allows_gradual: bool = True
-    race: bool = False
-    views: int = 0
 
 
 def _similarity_reason(similarity: Similarity) -> str:
@@ -768,13 +772,12 @@ def _small_similar(groups, profile, similarity, *, stage2_rate, epochs, fine_tun
         total = epochs + fine_tune_epochs
         return _Decision([], f"Small and similar: a linear head on the frozen {backbone}; the whole epoch budget "
                          f"({total}) goes to it, with light augmentation over {AUGMENT_VIEWS} cached views.",
-                         total, 0, augment="light", allows_gradual=False, views=AUGMENT_VIEWS)
+                         total, 0, augment="light", allows_gradual=False)
     reason = (f"Small and similar: a linear head on the frozen {backbone}, trained on the cached features of "
               f"{AUGMENT_VIEWS} lightly augmented views of each image; then the top {count} of {len(groups)} "
               f"groups ({fine_tuned[0]} to {fine_tuned[-1]}) are fine-tuned at {stage2_rate:.1e} on the unaugmented "
               f"images, {_RACE}")
-    return _Decision(fine_tuned, reason, epochs, fine_tune_epochs, augment="light", allows_gradual=False,
-                     race=True, views=AUGMENT_VIEWS)
+    return _Decision(fine_tuned, reason, epochs, fine_tune_epochs, augment="light", allows_gradual=False)
 
 
 def _small_different(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs,
@@ -800,8 +803,7 @@ def _small_different(groups, profile, similarity, *, stage2_rate, epochs, fine_t
     if not fine_tuned:
         epochs, fine_tune_epochs = epochs + fine_tune_epochs, 0
     return _Decision(fine_tuned, reason, epochs, fine_tune_epochs, augment="strong", cut=cut, dropped=dropped,
-                     span=span if fine_tuned else 1.0, allows_gradual=False, race=bool(fine_tuned),
-                     views=AUGMENT_VIEWS)
+                     span=span if fine_tuned else 1.0, allows_gradual=False)
 
 
 def _large_similar(groups, profile, similarity, *, stage2_rate, epochs, fine_tune_epochs, backbone) -> _Decision:

@@ -45,7 +45,8 @@ from transferkit.data import augment_config, load_image_folder, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
 from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, save_run, versions
-from transferkit.training import Checkpoint, fit_stage
+from transferkit.training import Checkpoint, fit_stage, logged_accuracy
+from transferkit.weights import sha256_of
 
 __all__ = [
     "PruneConfig",
@@ -279,9 +280,7 @@ def _tfmot():
 def _evaluate(transfer, dataset) -> dict[str, float]:
     compile_model(transfer.model, transfer.task)
     result = transfer.model.evaluate(dataset, verbose=0, return_dict=True)
-    accuracy = result.get("accuracy", result.get("binary_accuracy"))
-    return {"loss": round(float(result["loss"]), 4),
-            "accuracy": None if accuracy is None else round(float(accuracy), 4)}
+    return {"loss": round(float(result["loss"]), 4), "accuracy": logged_accuracy(result)}
 
 
 def wrap_for_pruning(twin: Any, targets: dict[str, float], config: PruneConfig, *, end_step: int,
@@ -537,9 +536,11 @@ def prune(
                         f"trained on {list(run_metrics['class_names'])[:5]}...: pruning on them would relabel the "
                         "model. Pass --data with the folder the run was fine-tuned on.")
     pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None)
-    source = hashlib.sha256((Path(run_dir).expanduser() / "model.keras").read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{fingerprint(pruned_recipe, images)}:{source}".encode()).hexdigest()  # which model too
-    checkpoint = Checkpoint.open(output, key, overwrite=overwrite) if output else None
+    checkpoint = None
+    if output:  # the fingerprint hashes every image and the source model: only a run folder needs it
+        source = sha256_of(Path(run_dir).expanduser() / "model.keras")
+        key = hashlib.sha256(f"{fingerprint(pruned_recipe, images)}:{source}".encode()).hexdigest()  # which model too
+        checkpoint = Checkpoint.open(output, key, overwrite=overwrite)
     before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
     result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
                             verbose=verbose, checkpoint=checkpoint, history=before, callbacks=callbacks)

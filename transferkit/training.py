@@ -40,7 +40,8 @@ from transferkit.schedules import gradual_steps, steps_per_epoch
 
 __all__ = ["StageResult", "StageFit", "StageResume", "FitProgress", "Checkpoint", "fit_stage", "compile_stage", "train_head", "train_unfrozen",
            "run_plan", "run_hub_plan", "better", "evaluate_stage", "verbosity", "model_head", "make_schedule",
-           "optimizer_options", "train_accuracy", "diagnose_run", "stage_model", "snapshot_scores", "technique_records"]
+           "optimizer_options", "train_accuracy", "diagnose_run", "stage_model", "snapshot_scores", "technique_records",
+           "logged_accuracy", "race"]
 
 log = logging.getLogger("transferkit")
 
@@ -378,7 +379,7 @@ def evaluate_stage(model: Any, val: Any, *, name: str, fit: StageFit, started: f
                    trainable: int) -> StageResult:
     """A stage's :class:`StageResult`, its validation scores measured on the compiled ``model``."""
     result = model.evaluate(val, verbose=0, return_dict=True)
-    accuracy = _logged_accuracy(result)
+    accuracy = logged_accuracy(result)
     return StageResult(name=name, epochs=fit.epochs, best_epoch=fit.best_epoch,
                        seconds=round(time.perf_counter() - started, 2), feature_seconds=round(feature_seconds, 2),
                        feature_cache=cache, val_accuracy=accuracy,
@@ -440,7 +441,7 @@ def train_accuracy(model: Any, x: Any, y: Any, *, batch_size: int) -> float | No
     Returns:
         The accuracy, or ``None`` for a task without an accuracy metric.
     """
-    return _logged_accuracy(model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True))
+    return logged_accuracy(model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True))
 
 
 def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> dict[str, Any] | None:
@@ -474,7 +475,6 @@ def technique_records(record: Any, model: Any, images: ImageSet, recipe: Recipe)
         images: The data (``tta`` scores the validation images).
         recipe: ``ema``, ``snapshots``, ``tta``.
     """
-    import numpy as np
 
     from transferkit.ensemble import view_outputs
     from transferkit.scores import top1_accuracy
@@ -642,10 +642,10 @@ def _raw_accuracy(model: Any, raw: list, val: Any) -> float | None:
         result = model.evaluate(val, verbose=0, return_dict=True)
     finally:
         model.set_weights(kept)
-    return _logged_accuracy(result)
+    return logged_accuracy(result)
 
 
-def _logged_accuracy(result: dict) -> float | None:
+def logged_accuracy(result: dict) -> float | None:
     """The accuracy in Keras's ``evaluate(return_dict=True)``, rounded; ``None`` for a task without one."""
     accuracy = result.get("accuracy", result.get("binary_accuracy"))
     return None if accuracy is None else round(float(accuracy), 4)
@@ -667,7 +667,6 @@ def snapshot_scores(transfer: TransferModel, model: Any, members: list, val: Any
     Returns:
         ``{"members": [accuracy, ...], "ensemble": accuracy}``.
     """
-    import numpy as np
 
     from transferkit.scores import top1_accuracy
 
@@ -829,7 +828,8 @@ def run_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe, plan: Fr
     if verdict is not None:
         second[-1] = replace(second[-1], race=verdict)
         log.info("%s", verdict["reason"])
-    if (not verdict["kept"]) if verdict is not None else not better(second[-1], baseline, transfer.task.monitor):
+    keep = verdict["kept"] if verdict is not None else better(second[-1], baseline, transfer.task.monitor)
+    if not keep:
         transfer.model.set_weights(before)
         transfer.members = None
         second = [replace(stage, kept=False) for stage in second]
@@ -866,8 +866,10 @@ def race(transfer: TransferModel, images: ImageSet, before: list, *, batch_size:
 
     second = correct()
     transfer.model.set_weights(before)
-    first = correct()
-    transfer.model.set_weights(after)
+    try:
+        first = correct()
+    finally:
+        transfer.model.set_weights(after)
     return race_verdict(second, first)
 
 

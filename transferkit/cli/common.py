@@ -31,6 +31,23 @@ NATIVE_NOISE = re.compile("|".join(re.escape(text) for text in (
 NO_GPU_NOISE = re.compile(re.escape("failed call to cuInit"))
 
 
+def add_command(commands, name: str, *, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """One sub-command, its examples shown verbatim after the options.
+
+    Args:
+        commands: The parser's sub-parsers.
+        name: The command's name.
+        help: One line for ``transferkit --help``.
+        description: The paragraph of ``transferkit NAME --help``.
+        examples: Example command lines, printed as written.
+
+    Returns:
+        The command's parser.
+    """
+    return commands.add_parser(name, help=help, description=description, epilog=examples,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_data_options(command: argparse.ArgumentParser) -> None:
     """Options shared by ``finetune`` and ``plan``: data, backbone and planner settings."""
     command.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class")

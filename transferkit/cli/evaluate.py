@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import print_table
+from transferkit.cli.common import add_command, print_table
 
 __all__ = ["register", "run"]
 
@@ -17,13 +17,13 @@ EXAMPLES = """examples:
 
 def register(commands) -> argparse.ArgumentParser:
     """Add the ``evaluate`` command to the sub-parsers."""
-    score = commands.add_parser(
-        "evaluate", help="score a run's model on a labelled test folder",
+    score = add_command(
+        commands, "evaluate", help="score a run's model on a labelled test folder",
         description="Runs a finetune (or prune) run's model on a folder with one sub-folder of images per "
         "class, named as the run's classes, and writes evaluation.json: accuracy, top-k accuracy, per-class "
         "precision/recall/F1/support, the confusion matrix, the expected calibration error with its bins, "
         "and the most confidently wrong images. Unreadable images are counted and named.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES)
     score.add_argument("run_dir", help="output folder of `transferkit finetune` or `prune`")
     score.add_argument("data", help="test folder: one sub-folder of images per class")
     score.add_argument("--tta", type=int, default=1, metavar="N", help="average N test-time views (1-8, default 1)")

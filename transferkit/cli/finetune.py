@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_data_options, recipe_from_args
+from transferkit.cli.common import add_command, add_data_options, recipe_from_args
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run", "technique_lines"]
@@ -23,13 +23,12 @@ EXAMPLES = """examples:
 
 def register(commands) -> argparse.ArgumentParser:
     """Add the ``finetune`` command to the sub-parsers."""
-    tune = commands.add_parser(
-        "finetune", help="fine-tune a backbone on a folder of labelled images",
+    tune = add_command(
+        commands, "finetune", help="fine-tune a backbone on a folder of labelled images",
         description="Measures the data, plans which layer groups to freeze, fine-tune or drop "
         "(--plan auto), trains a head on the frozen backbone, then fine-tunes the planned groups at "
         "lower learning rates with BatchNorm kept in inference mode. Flags override the plan.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        examples=EXAMPLES)
     add_data_options(tune)
     tune.add_argument("--batch-size", type=int, help="batch size")
     tune.add_argument("--class-weight", action="store_true", help="weight classes by inverse frequency")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_data_options, recipe_from_args
+from transferkit.cli.common import add_command, add_data_options, recipe_from_args
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run"]
@@ -20,14 +20,13 @@ EXAMPLES = """examples:
 
 def register(commands) -> argparse.ArgumentParser:
     """Add the ``lr-find`` command to the sub-parsers."""
-    find = commands.add_parser(
-        "lr-find", help="find a learning rate: the loss over an exponential ramp (Smith 2015)",
+    find = add_command(
+        commands, "lr-find", help="find a learning rate: the loss over an exponential ramp (Smith 2015)",
         description="Ramps the learning rate exponentially over a few hundred one-batch steps of a stage (the "
         "head on the cached frozen features, or the planned fine-tuned groups after stage 1), records the "
         "smoothed loss, stops when it diverges, puts the weights back and writes lr_find.json (rates, losses, "
         "each rule's suggestion) and lr_find.png. `finetune --learning-rate auto` runs it for you.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        examples=EXAMPLES)
     add_data_options(find)
     find.add_argument("--batch-size", type=int, help="batch size")
     find.add_argument("--stage", choices=["head", "fine-tune"], default="head",

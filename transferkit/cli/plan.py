@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from transferkit.cli.common import add_data_options, recipe_from_args
+from transferkit.cli.common import add_command, add_data_options, recipe_from_args
 
 __all__ = ["register", "run"]
 
@@ -18,12 +18,11 @@ EXAMPLES = """examples:
 
 def register(commands) -> argparse.ArgumentParser:
     """Add the ``plan`` command to the sub-parsers."""
-    planning = commands.add_parser(
-        "plan", help="measure the data and print the freeze plan, without training",
+    planning = add_command(
+        commands, "plan", help="measure the data and print the freeze plan, without training",
         description="Profiles the training data, measures its similarity to ImageNet through the "
         "backbone, and prints the plan `transferkit finetune` would follow, with its reasons.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        examples=EXAMPLES)
     add_data_options(planning)
     planning.add_argument("--json", action="store_true", help="print the plan as JSON")
     return planning

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from transferkit.cli.common import add_command
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run"]
@@ -18,13 +19,12 @@ EXAMPLES = """examples:
 
 def register(commands) -> argparse.ArgumentParser:
     """Add the ``prune`` command to the sub-parsers."""
-    pruning = commands.add_parser(
-        "prune", help="magnitude-prune a finetune run's model (TF-MOT), report sparsity, accuracy, sizes",
+    pruning = add_command(
+        commands, "prune", help="magnitude-prune a finetune run's model (TF-MOT), report sparsity, accuracy, sizes",
         description="Rebuilds the run's model in tf_keras, prunes the chosen kernels while fine-tuning "
         "(cubic sparsity ramp, Zhu & Gupta), strips the wrappers and writes a Keras 3 model.keras with "
         "the zeros, a model.tflite and metrics.json (sparsity, val_accuracy before/after, sizes).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        examples=EXAMPLES)
     pruning.add_argument("run_dir", help="output folder of `transferkit finetune`")
     pruning.add_argument("--data", help="training folder (default: the run's data)")
     pruning.add_argument("--output", help="folder for the pruned run")
