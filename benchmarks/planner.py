@@ -207,7 +207,8 @@ def main(argv=None) -> int:
                   f"vs keras.io default {summary.get('planner_minus_keras_io_points')} points")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    name = "planner" + (f"_{args.per_class}pc" if args.per_class else "") + ".json"
+    name = ("planner" + (f"_{args.per_class}pc" if args.per_class else "")
+            + "".join(f"_{k}-{v}" for k, v in settings.items()) + ".json")  # an ablation keeps its own file
     (out / name).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out / name}")
     return 0
