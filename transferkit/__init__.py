@@ -99,7 +99,15 @@ _EXPORTS = {
     "load_hub": "hub",
     "HubBackbone": "hub",
     "copy_weights_back": "compat",
+    # search
+    "tune": "tune",
+    "TuneResult": "tune",
+    "TuneConfig": "config",
+    "TransferHyperModel": "hypermodel",
+    "FeatureStore": "cache",
+    "OnWholeModel": "callbacks",
     # errors
+    "SearchError": "errors",
     "TransferkitError": "errors",
     "UnknownBackboneError": "errors",
     "WeightsNotFoundError": "errors",

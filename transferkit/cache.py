@@ -23,7 +23,7 @@ import numpy as np
 from transferkit.errors import RecipeError
 
 __all__ = ["CACHE_BUDGET_ENV", "CACHE_DIR_ENV", "cache_budget", "predict_batches", "predict_to_disk",
-           "cache_features", "cache_state"]
+           "cache_features", "cache_state", "FeatureStore"]
 
 log = logging.getLogger("transferkit")
 
@@ -149,3 +149,46 @@ def cache_features(lower: Any, x_train: Any, x_val: Any, batch_size: int) -> tup
     if isinstance(f_train, list):
         f_train, f_val = tuple(f_train), tuple(f_val)
     return f_train, f_val, state, time.perf_counter() - started
+
+
+class FeatureStore:
+    """Frozen features kept across runs whose frozen part is the same (``transferkit tune``'s trials).
+
+    An entry is keyed by the cut, the augmented views, the seed, the images
+    and a digest of the frozen part's weights, so a run whose lower layers
+    differ (a fine-tuned group, other weights) never reads another's
+    features. Put one on :attr:`transferkit.model.TransferModel.features`
+    and every stage that caches looks here first.
+
+    Attributes:
+        entries: ``{key: (x_train, y_train, x_val, state)}``.
+        hits: Stages served from the store.
+        misses: Stages that computed their features (and stored them).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(lower: Any, cut: str, *, views: int, augment: Any, seed: int, images: Any) -> str:
+        """The entry of a lower part over some images.
+
+        Args:
+            lower: The frozen lower model.
+            cut: Its last operation.
+            views: Augmented views per training image (0: the images as they are).
+            augment: The views' augmentation.
+            seed: The views' seed.
+            images: The :class:`~transferkit.data.ImageSet` (by identity and size).
+
+        Returns:
+            The key.
+        """
+        import hashlib
+
+        digest = hashlib.sha1()
+        for weight in lower.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+        return f"{cut}|{views}|{augment!r}|{seed}|{id(images)}:{len(images.y_train)}|{digest.hexdigest()}"

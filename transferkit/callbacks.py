@@ -22,6 +22,9 @@
   state keep them), resumable, and keeping the best raw weights to compare.
 * :class:`Snapshots` keeps a copy of the weights at given steps (the ends
   of SGDR cycles: a snapshot ensemble).
+* :class:`OnWholeModel` runs another callback against the whole model while
+  a stage fits only the part above the feature cache (keras-tuner's
+  checkpoint saves the whole model's weights).
 * :class:`LRFinder` is the learning-rate range test: the rate grows
   exponentially each step, the loss is recorded, training stops when it
   diverges and the weights are put back.
@@ -40,7 +43,7 @@ import keras
 import numpy as np
 
 __all__ = ["StageTimer", "ScheduleCallback", "LearningRateLogger", "StopOnDivergence", "ResumableEarlyStopping",
-           "EpochBackup", "AveragedWeights", "Snapshots", "LRFinder", "current_learning_rate"]
+           "EpochBackup", "AveragedWeights", "Snapshots", "LRFinder", "OnWholeModel", "current_learning_rate"]
 
 log = logging.getLogger("transferkit")
 
@@ -321,3 +324,44 @@ class LRFinder(keras.callbacks.Callback):
         """Put the weights back."""
         if self._weights is not None:
             self.model.set_weights(self._weights)
+
+
+class OnWholeModel(keras.callbacks.Callback):
+    """Run ``callback`` with ``whole`` as its model, whatever model the stage fits.
+
+    A cached stage fits the part of the model above the frozen cut; a
+    callback that saves or inspects "the model" (keras-tuner's
+    ``SaveBestEpoch``, a ``ModelCheckpoint``) should see the whole one,
+    whose layers the part shares. Every hook is passed on; the epoch logs
+    are the stage's.
+
+    Args:
+        callback: The Keras callback.
+        whole: The whole model.
+    """
+
+    def __init__(self, callback: Any, whole: Any):
+        super().__init__()
+        self.callback = callback
+        self.whole = whole
+
+    def set_model(self, model: Any) -> None:
+        self.callback.set_model(self.whole)
+
+    def set_params(self, params: dict) -> None:
+        self.callback.set_params(params)
+
+
+
+def _forward(hook: str) -> Any:
+    def call(self: OnWholeModel, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.callback, hook)(*args, **kwargs)
+
+    call.__name__ = hook
+    return call
+
+
+for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_begin",
+              "on_train_batch_end", "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end",
+              "on_predict_begin", "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end"):
+    setattr(OnWholeModel, _hook, _forward(_hook))

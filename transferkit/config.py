@@ -25,7 +25,7 @@ from transferkit.errors import DataError, RecipeError
 from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 
 __all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "ScheduleConfig", "schedule_config",
-           "SCHEDULE_KINDS", "load_recipe", "recipe_to_dict",
+           "SCHEDULE_KINDS", "load_recipe", "recipe_to_dict", "TuneConfig", "TUNERS", "OBJECTIVES", "SPACE_PRESETS",
            "augment_config", "check_number", "check_bool", "check_text", "DEMO_RECIPE", "PLANS", "SIMILARITIES",
            "TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS", "AUTO", "DEFAULT_LEARNING_RATE", "MAX_TTA"]
 
@@ -412,6 +412,54 @@ def schedule_config(value: "ScheduleConfig | str | Mapping | None", default: str
     raise RecipeError(f"A schedule is a kind ({', '.join(SCHEDULE_KINDS)}) or a mapping, got {value!r}.")
 
 
+#: keras-tuner's tuners that ``transferkit tune`` runs, and the objectives it searches on.
+TUNERS = ("hyperband", "bayesian", "random")
+OBJECTIVES = ("val_accuracy", "val_loss")
+#: The built-in search spaces (:data:`transferkit.space.PRESETS`).
+SPACE_PRESETS = ("full", "head")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How ``transferkit tune`` searches (a recipe's ``tune:`` section).
+
+    Attributes:
+        tuner: ``"hyperband"``, ``"bayesian"`` or ``"random"`` (keras-tuner's).
+        max_trials: Trials at most (Hyperband: its brackets decide, within this cap).
+        max_epochs: Epochs per stage of a trial at most (Hyperband's
+            ``max_epochs``); ``None`` keeps the recipe's ``epochs`` and
+            ``fine_tune_epochs``.
+        budget_minutes: Start no trial after this many minutes; ``None``: no limit.
+        objective: ``"val_accuracy"`` (maximised) or ``"val_loss"`` (minimised).
+        space: A built-in space (``"full"``, ``"head"``) or a YAML file
+            (:mod:`transferkit.space`).
+        workers: Run a chief and this many workers on this machine
+            (keras-tuner's distributed mode); 0 runs in this process.
+    """
+
+    tuner: str = "bayesian"
+    max_trials: int = 20
+    max_epochs: int | None = None
+    budget_minutes: float | None = None
+    objective: str = "val_accuracy"
+    space: str = "full"
+    workers: int = 0
+
+    def __post_init__(self):
+        _plain_numbers(self)
+        if self.tuner not in TUNERS:
+            raise RecipeError(f"tune.tuner must be one of {', '.join(TUNERS)}, got {self.tuner!r}.")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"tune.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
+        check_number("tune.max_trials", self.max_trials, low=1, integer=True)
+        if self.max_epochs is not None:
+            check_number("tune.max_epochs", self.max_epochs, low=1, integer=True)
+        if self.budget_minutes is not None:
+            check_number("tune.budget_minutes", self.budget_minutes, low=0, low_open=True)
+        check_number("tune.workers", self.workers, low=0, integer=True)
+        check_text("tune.space", self.space, optional=False)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of a ``transferkit finetune`` run.
@@ -484,6 +532,11 @@ class Recipe:
             averaged (:data:`transferkit.data.TTA_VIEWS`). ``None``: off.
         target_accuracy: Human-level or Bayes-error proxy for the bias/variance
             diagnosis (:mod:`transferkit.diagnosis`); ``None`` is 1.0.
+        discriminative_span: Stage 2's lowest fine-tuned group's rate over
+            the top group's (1: one rate for every group); ``None`` lets the
+            plan decide.
+        tune: How ``transferkit tune`` searches (:class:`TuneConfig`);
+            ``finetune`` ignores it.
     """
 
     data: str | None = None
@@ -526,9 +579,13 @@ class Recipe:
     snapshots: int | None = None
     tta: int | None = None
     target_accuracy: float | None = None
+    discriminative_span: float | None = None
+    tune: TuneConfig | None = None
 
     def __post_init__(self):
         _plain_numbers(self)
+        if self.discriminative_span is not None:
+            check_number("discriminative_span", self.discriminative_span, low=0, high=1, low_open=True)
         object.__setattr__(self, "schedule", schedule_config(self.schedule, "cosine"))
         object.__setattr__(self, "head_schedule", schedule_config(self.head_schedule, "constant"))
         check_number("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
@@ -636,7 +693,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
     check_number(name, value, low=low, integer=True)
 
 
-_NESTED = {"head": HeadConfig, "augment": AugmentConfig, "prune": PruneConfig}
+_NESTED = {"head": HeadConfig, "augment": AugmentConfig, "prune": PruneConfig, "tune": TuneConfig}
 #: Recipe keys that take a schedule: a kind's name or a mapping.
 _SCHEDULES = ("schedule", "head_schedule")
 
@@ -705,6 +762,9 @@ def load_recipe(path: str | os.PathLike, **overrides: Any) -> Recipe:
             values[key] = str((path.parent / value).resolve())
         elif isinstance(value, str):
             values[key] = os.path.expandvars(os.path.expanduser(value))
+    tune = values.get("tune")
+    if tune is not None and tune.space not in SPACE_PRESETS and not os.path.isabs(os.path.expanduser(tune.space)):
+        values["tune"] = dataclasses.replace(tune, space=str((path.parent / tune.space).resolve()))
     backbone = values.get("backbone")
     if is_hub(backbone):
         values["backbone"] = HUB_PREFIX + os.path.expandvars(os.path.expanduser(backbone[len(HUB_PREFIX):]))

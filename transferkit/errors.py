@@ -53,3 +53,7 @@ class RunExistsError(TransferkitError, FileExistsError):
 
 class DivergenceError(TransferkitError, ArithmeticError):
     """Training diverged: a non-finite loss, or one far above where the stage started."""
+
+
+class SearchError(TransferkitError, RuntimeError):
+    """A hyperparameter search that produced no result (every trial failed, or its workers did)."""

@@ -50,6 +50,9 @@ class TransferModel:
         head: The head's configuration.
         members: Weights of a snapshot ensemble's members (set by a stage
             that took snapshots, :func:`~transferkit.training.snapshot_scores`), else ``None``.
+        features: A :class:`~transferkit.cache.FeatureStore` the stages
+            read cached features from and add to (``transferkit tune``
+            shares one across trials); ``None``: each stage computes its own.
     """
 
     model: Any
@@ -61,6 +64,7 @@ class TransferModel:
     variant: dict[str, Any] = field(default_factory=dict)
     head: HeadConfig = field(default_factory=HeadConfig)
     members: list | None = None
+    features: Any = None
 
 
 def build_model(

@@ -908,18 +908,10 @@ def plan_opaque(
     )
 
 
-def override_plan(
-    plan: FreezePlan,
-    groups: Sequence[str],
-    *,
-    unfreeze: int | None = None,
-    cut: str | None = None,
-    fine_tune_learning_rate: float | None = None,
-    augment: str | None = None,
-    gradual: bool | None = None,
-    head: dict[str, Any] | None = None,
-    budget: tuple[int, int] | None = None,
-) -> FreezePlan:
+def override_plan(plan: FreezePlan, groups: Sequence[str], *, unfreeze: int | None = None, cut: str | None = None,
+                  fine_tune_learning_rate: float | None = None, augment: str | None = None,
+                  gradual: bool | None = None, head: dict[str, Any] | None = None,
+                  budget: tuple[int, int] | None = None, span: float | None = None) -> FreezePlan:
     """Apply explicit settings on top of a plan and record each one that differs.
 
     Args:
@@ -933,10 +925,10 @@ def override_plan(
         head: The head's settings.
         budget: The recipe's ``(epochs, fine_tune_epochs)``, used when an
             override brings back a stage 2 the plan had given to stage 1.
+        span: Lowest fine-tuned group's rate over the top group's (1: one rate).
 
     Returns:
-        The plan as it will run; :attr:`FreezePlan.overrides` holds
-        ``{"plan": ..., "used": ...}`` for every changed decision.
+        The plan as it will run, ``overrides`` holding ``{"plan": ..., "used": ...}`` per changed decision.
 
     Raises:
         ValueError: For an unknown group name or an ``unfreeze`` larger than
@@ -968,9 +960,11 @@ def override_plan(
     if fine_tune_learning_rate is not None:
         record("fine_tune_learning_rate", top_rate, fine_tune_learning_rate)
         top_rate = fine_tune_learning_rate
-    rates = discriminative_rates(fine_tuned, top_rate, plan.span)  # span 1: every group at top_rate
-    changes.update(fine_tuned=tuple(fine_tuned), group_learning_rates=rates,
-                   frozen=tuple(g for g in kept if g not in fine_tuned))
+    if span is not None:
+        record("discriminative_span", plan.span, span)
+    span = plan.span if span is None else span
+    changes.update(fine_tuned=tuple(fine_tuned), group_learning_rates=discriminative_rates(fine_tuned, top_rate, span),
+                   frozen=tuple(g for g in kept if g not in fine_tuned), span=span)
     if fine_tuned and not plan.fine_tune_epochs and unfreeze:
         # The plan gave stage 2's budget to stage 1; hand it back.
         stage2 = budget[1] if budget else max(1, plan.epochs // 2)

@@ -9,7 +9,7 @@ registry backbones, :func:`hub_plan` TF-Hub ones (one opaque group).
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from transferkit.config import AugmentConfig, Recipe
@@ -21,7 +21,7 @@ from transferkit.model import TransferModel
 from transferkit.planner import (SMALL_PER_CLASS, DataProfile, FreezePlan, GroupInfo, Similarity, fixed_plan,
                                  override_plan, plan_freeze, plan_opaque)
 
-__all__ = ["make_plan", "hub_plan", "default_unfreeze", "augment_name", "head_dict", "measure_settings"]
+__all__ = ["make_plan", "measure_inputs", "plan_for", "PlanInputs", "hub_plan", "default_unfreeze", "augment_name", "head_dict", "measure_settings"]
 
 
 def default_unfreeze(num_groups: int) -> int:
@@ -63,6 +63,100 @@ def head_dict(recipe: Recipe) -> dict[str, Any]:
     return head
 
 
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the planner reads, measured once: the data's profile, the groups, the similarity.
+
+    :func:`plan_for` turns it and a recipe into a plan without another
+    forward pass, so ``transferkit tune`` plans every trial from one
+    measurement.
+
+    Attributes:
+        profile: The data profile.
+        infos: The backbone's groups.
+        similarity: The measured similarity (``None`` with the planner off).
+        backbone: The backbone's name.
+        image_size: The input side.
+    """
+
+    profile: DataProfile
+    infos: tuple[GroupInfo, ...]
+    similarity: Similarity | None
+    backbone: str
+    image_size: int
+
+    @property
+    def groups(self) -> list[str]:
+        """The group names, input to output."""
+        return [g.name for g in self.infos]
+
+
+def measure_inputs(transfer: TransferModel, images: ImageSet, recipe: Recipe,
+                   resolution: tuple[int, int] | None = None) -> PlanInputs:
+    """Profile the data and (with ``recipe.plan == "auto"``) measure its similarity through the model.
+
+    Args:
+        transfer: The model with its full backbone and ImageNet weights.
+        images: The data.
+        recipe: ``plan``, ``cut`` (checked first) and ``seed``.
+        resolution: Median original image size, for the profile.
+
+    Returns:
+        The :class:`PlanInputs`.
+
+    Raises:
+        RecipeError: For a ``cut`` that names no group (before the forward pass).
+    """
+    profile = profile_data(images, resolution)
+    infos = tuple(group_infos(transfer))
+    names = [g.name for g in infos]
+    if recipe.cut is not None and recipe.cut not in names:  # before the measurement's forward pass
+        raise RecipeError(f"cut must name one of {transfer.spec.name}'s groups ({', '.join(names)}), "
+                          f"got {recipe.cut!r}.")
+    measured = None
+    if recipe.plan != "none":
+        measured = measure_similarity(transfer, images, seed=recipe.seed,
+                                      **measure_settings(profile, transfer.image_size))
+    return PlanInputs(profile, infos, measured, transfer.spec.name, transfer.image_size)
+
+
+def plan_for(inputs: PlanInputs, recipe: Recipe) -> FreezePlan:
+    """The plan for measured inputs and a recipe: the planner's decisions, then the recipe's overrides.
+
+    Args:
+        inputs: :func:`measure_inputs`'s measurement.
+        recipe: The run's settings (``plan``, rates, epochs, explicit overrides).
+
+    Returns:
+        The :class:`~transferkit.planner.FreezePlan`.
+
+    Raises:
+        RecipeError: For settings the backbone cannot take.
+    """
+    profile, infos, names = inputs.profile, list(inputs.infos), inputs.groups
+    head = head_dict(recipe)
+    try:
+        if recipe.plan == "none" or inputs.similarity is None:
+            unfreeze_n = recipe.unfreeze if recipe.unfreeze is not None else default_unfreeze(len(infos))
+            plan = fixed_plan(profile, names, unfreeze=unfreeze_n, cut=recipe.cut,
+                              learning_rate=recipe.learning_rate, top_rate=recipe.stage2_learning_rate,
+                              epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
+                              augment=augment_name(recipe.augment) or "none", gradual=recipe.gradual)
+            return replace(plan, head=head)
+        similarity = inputs.similarity
+        if recipe.similarity is not None:
+            similarity = Similarity.declare(recipe.similarity == "similar", measured=inputs.similarity)
+        plan = plan_freeze(profile, similarity, infos, learning_rate=recipe.learning_rate,
+                           epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
+                           gradual=recipe.gradual, backbone=inputs.backbone, image_size=inputs.image_size)
+        return override_plan(plan, names, unfreeze=recipe.unfreeze, cut=recipe.cut,
+                             fine_tune_learning_rate=recipe.fine_tune_learning_rate,
+                             augment=augment_name(recipe.augment), head=head,
+                             budget=(recipe.epochs, recipe.fine_tune_epochs), span=recipe.discriminative_span)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
 def make_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe,
               resolution: tuple[int, int] | None = None) -> FreezePlan:
     """The freeze plan for this model and data, with the recipe's explicit settings applied.
@@ -71,8 +165,9 @@ def make_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe,
     ImageNet measured (or taken as declared in ``recipe.similarity``) and
     :func:`~transferkit.planner.plan_freeze` decides; settings the recipe
     gives explicitly (``unfreeze``, ``cut``, ``fine_tune_learning_rate``,
-    ``augment``) win and are recorded in ``plan.overrides``. With
-    ``"none"`` the plan is the recipe as written.
+    ``augment``, ``discriminative_span``) win and are recorded in
+    ``plan.overrides``. With ``"none"`` the plan is the recipe as written.
+    The same as :func:`plan_for` over :func:`measure_inputs`.
 
     Args:
         transfer: The model with its full backbone and ImageNet weights.
@@ -83,35 +178,7 @@ def make_plan(transfer: TransferModel, images: ImageSet, recipe: Recipe,
     Returns:
         The :class:`~transferkit.planner.FreezePlan`.
     """
-    profile = profile_data(images, resolution)
-    infos = group_infos(transfer)
-    names = [g.name for g in infos]
-    if recipe.cut is not None and recipe.cut not in names:  # before the measurement's forward pass
-        raise RecipeError(f"cut must name one of {transfer.spec.name}'s groups ({', '.join(names)}), "
-                          f"got {recipe.cut!r}.")
-    head = head_dict(recipe)
-    try:
-        if recipe.plan == "none":
-            unfreeze_n = recipe.unfreeze if recipe.unfreeze is not None else default_unfreeze(len(infos))
-            plan = fixed_plan(profile, names, unfreeze=unfreeze_n, cut=recipe.cut,
-                              learning_rate=recipe.learning_rate, top_rate=recipe.stage2_learning_rate,
-                              epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
-                              augment=augment_name(recipe.augment) or "none", gradual=recipe.gradual)
-            return replace(plan, head=head)
-        measured = measure_similarity(transfer, images, seed=recipe.seed, **measure_settings(profile, transfer.image_size))
-        similarity = measured
-        if recipe.similarity is not None:
-            similarity = Similarity.declare(recipe.similarity == "similar", measured=measured)
-        plan = plan_freeze(profile, similarity, infos, learning_rate=recipe.learning_rate,
-                           epochs=recipe.epochs, fine_tune_epochs=recipe.fine_tune_epochs,
-                           gradual=recipe.gradual, backbone=transfer.spec.name,
-                           image_size=transfer.image_size)
-        return override_plan(plan, names, unfreeze=recipe.unfreeze, cut=recipe.cut,
-                             fine_tune_learning_rate=recipe.fine_tune_learning_rate,
-                             augment=augment_name(recipe.augment), head=head,
-                             budget=(recipe.epochs, recipe.fine_tune_epochs))
-    except ValueError as error:
-        raise RecipeError(str(error)) from None
+    return plan_for(measure_inputs(transfer, images, recipe, resolution), recipe)
 
 
 def hub_plan(hub: HubBackbone, model: Any, images: ImageSet, recipe: Recipe,

@@ -567,6 +567,14 @@ def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: st
     if cut == transfer.groups[-1].end and any(layer.name == "head_pool" for layer in transfer.model.layers):
         cut = "head_pool"  # pooling has no weights: cache the pooled features, 1/(h*w) the size
     lower, upper = split_model(transfer.model, cut)
+    store = transfer.features
+    key = store.key(lower, cut, views=views if viewed else 0, augment=augment if viewed else None, seed=recipe.seed,
+                    images=data) if store is not None else None
+    if key is not None and key in store.entries:
+        store.hits += 1
+        x_train, y_train, x_val, state = store.entries[key]
+        log.info("%s: frozen features below %s reused (%s)", name, cut, state)
+        return upper, x_train, y_train, x_val, f"{state}, reused", 0.0
     x_train, y_train = data.x_train, data.y_train
     if viewed:
         from transferkit.data import augmented_views
@@ -576,6 +584,9 @@ def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: st
     x_train, x_val, state, seconds = cache_features(lower, x_train, data.x_val, max(64, recipe.batch_size))
     if viewed:
         state += f" ({views} views per training image: the image and {views - 1} augmented copies)"
+    if key is not None:
+        store.misses += 1
+        store.entries[key] = (x_train, y_train, x_val, state)
     log.info("%s: frozen features below %s computed in %.1fs (%s)", name, cut, seconds, state)
     return upper, x_train, y_train, x_val, state, seconds
 

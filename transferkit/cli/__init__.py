@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from transferkit.cli import backbones, evaluate, finetune, lr_find, plan, predict, prune
+from transferkit.cli import backbones, evaluate, finetune, lr_find, plan, predict, prune, tune
 from transferkit.cli.common import quiet_native_logs
 from transferkit.errors import TransferkitError
 
@@ -26,7 +26,7 @@ __all__ = ["main", "COMMANDS"]
 
 #: Every command, in ``--help`` order: name → its module (``register``, ``run``).
 COMMANDS = {"backbones": backbones, "finetune": finetune, "lr-find": lr_find, "plan": plan, "prune": prune,
-            "predict": predict, "evaluate": evaluate}
+            "tune": tune, "predict": predict, "evaluate": evaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = shlex.join(["transferkit", *(sys.argv[1:] if argv is None else argv)])
             print(f"interrupted: the run resumes after its last finished epoch (kept in OUTPUT/.state/) when you "
                   f"run the same command again: {command}", file=sys.stderr)
+        elif args.command == "tune" and getattr(args, "output", None):
+            command = shlex.join(["transferkit", *(sys.argv[1:] if argv is None else argv)])
+            print(f"interrupted: the search goes on from its finished trials (keras-tuner's state in "
+                  f"OUTPUT/keras_tuner/) when you run the same command again: {command}", file=sys.stderr)
         else:
             print("interrupted.", file=sys.stderr)
         return 130
