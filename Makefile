@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques
+.PHONY: demo test install clean bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,6 @@ bench-techniques: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+bench-tune: $(VENV)/.installed
+	$(PY) benchmarks/tune.py --datasets sign cifar --head-trials 20 --budget-minutes 6 --naive-trials 3

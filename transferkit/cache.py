@@ -189,6 +189,8 @@ class FeatureStore:
         import hashlib
 
         digest = hashlib.sha1()
+        for layer in lower.layers:  # the layers themselves (a weightless pooling layer too) and the dtypes
+            digest.update(f"{type(layer).__name__}:{layer.name}:{layer.dtype_policy.name};".encode())
         for weight in lower.get_weights():
             digest.update(np.ascontiguousarray(weight).tobytes())
         return f"{cut}|{views}|{augment!r}|{seed}|{id(images)}:{len(images.y_train)}|{digest.hexdigest()}"

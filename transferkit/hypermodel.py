@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
+import keras
 import keras_tuner
 
 from transferkit.cache import FeatureStore
@@ -36,8 +38,9 @@ from transferkit.data import ImageSet
 from transferkit.errors import RecipeError
 from transferkit.model import TransferModel, build_model, set_seed, unfreeze
 from transferkit.planning import PlanInputs, measure_inputs, plan_for
-from transferkit.registry import REGISTRY, Registry, get_backbone, is_hub
-from transferkit.space import Hyperparameter, SearchSpace, plan_centre, resolve_space, trial_settings
+from transferkit.registry import REGISTRY, Registry, get_backbone
+from transferkit.space import (Hyperparameter, SearchSpace, check_searchable, plan_centre, resolve_space,
+                               trial_settings)
 from transferkit.training import run_plan
 
 __all__ = ["TransferHyperModel", "MODELS_KEPT"]
@@ -70,12 +73,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
                  resolution: tuple[int, int] | None = None, registry: Registry = REGISTRY,
                  inputs: PlanInputs | None = None, verbose: int = 0):
         super().__init__(name="transferkit")
-        if is_hub(recipe.backbone):
-            raise RecipeError(f"tune needs a registry backbone, whose groups it can freeze and cache; "
-                              f"{recipe.backbone} is an opaque SavedModel. Use e.g. --backbone mobilenet_v2.")
-        if recipe.auto_rates:
-            raise RecipeError(f"{' and '.join(recipe.auto_rates)}: auto finds a rate for one run; a search "
-                              "searches the rates itself. Give numbers (or leave them out).")
+        check_searchable(recipe)
         self.images, self.recipe, self.verbose = images, recipe, verbose
         self.spec = get_backbone(recipe.backbone, registry)
         self.store = FeatureStore()
@@ -93,12 +91,15 @@ class TransferHyperModel(keras_tuner.HyperModel):
                                    task=self.task, head=head, weights=self.recipe.weights,
                                    allow_download=self.recipe.allow_download, cut=cut, **dict(self.recipe.variant))
             transfer.features = self.store
-            self._models[key] = (transfer, transfer.model.get_weights())
+            # every variable, the Dropout layers' seed states included (get_weights leaves them out)
+            self._models[key] = (transfer, [keras.ops.convert_to_numpy(v) for v in transfer.model.variables])
             while len(self._models) > MODELS_KEPT:
-                self._models.popitem(last=False)
+                evicted, _ = self._models.popitem(last=False)[1]
+                self._built.pop(id(evicted.model), None)
         self._models.move_to_end(key)
-        transfer, weights = self._models[key]
-        transfer.model.set_weights(weights)
+        transfer, values = self._models[key]
+        for variable, value in zip(transfer.model.variables, values):
+            variable.assign(value)
         transfer.members = None
         unfreeze(transfer, 0)
         return transfer
@@ -143,8 +144,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
         known = {h.name for h in self.space}
         settings = trial_settings({k: v for k, v in values.items() if k in known}, self.recipe.head,
                                   self.inputs.groups)
-        if epochs is not None:
-            settings.update(epochs=int(epochs), fine_tune_epochs=int(epochs))
+        if "schedule" in settings:  # the kind is searched; the recipe's schedule parameters stay
+            settings["schedule"] = replace(self.recipe.schedule, kind=settings["schedule"])
+        if epochs is not None:  # Hyperband's budget, for each stage the recipe has
+            settings.update(epochs=int(epochs), fine_tune_epochs=int(epochs) if self.recipe.fine_tune_epochs else 0)
         return self.recipe.replace(**settings)
 
     def build(self, hp: Any) -> Any:
@@ -214,3 +217,4 @@ def trial_metrics(stages: Sequence[Any]) -> dict[str, float]:
     if final.val_accuracy is not None:
         metrics["val_accuracy"] = float(final.val_accuracy)
     return metrics
+

@@ -127,7 +127,9 @@ def make_tuner(config: TuneConfig, hypermodel: Any, folder: Path, *, deadline: f
     """
     base = {"hyperband": keras_tuner.Hyperband, "bayesian": keras_tuner.BayesianOptimization,
             "random": keras_tuner.RandomSearch}[config.tuner]
-    oracle = make_oracle(config, dimensions=len(hypermodel.space), seed=hypermodel.recipe.seed, deadline=deadline)
+    # keras-tuner replaces a seed of 0 by a random one: seed + 1 keeps every search reproducible
+    oracle = make_oracle(config, dimensions=len(hypermodel.space), seed=hypermodel.recipe.seed + 1,
+                         deadline=deadline)
 
     def init(self: Any, **kwargs: Any) -> None:  # the tuner class's own __init__ would make another oracle
         keras_tuner.Tuner.__init__(self, **kwargs)

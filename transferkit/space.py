@@ -25,12 +25,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from transferkit.config import AUGMENT_PRESETS, SCHEDULE_KINDS, HeadConfig
+from transferkit.config import AUGMENT_PRESETS, SCHEDULE_KINDS, HeadConfig, Recipe
 from transferkit.errors import RecipeError
 from transferkit.planner import FreezePlan
+from transferkit.registry import is_hub
 
-__all__ = ["Hyperparameter", "SearchSpace", "KNOWN", "PRESETS", "default_space", "load_space", "resolve_space",
-           "trial_settings", "plan_centre"]
+__all__ = ["Hyperparameter", "SearchSpace", "KNOWN", "PRESETS", "default_space", "load_space", "check_space",
+           "resolve_space",
+           "trial_settings", "plan_centre", "check_searchable"]
 
 KINDS = ("choice", "float", "int", "bool", "fixed")
 
@@ -199,8 +201,7 @@ def _check_value(name: str, value: Any, groups: Sequence[str], where: str) -> An
     return value
 
 
-def _parse_entry(name: str, entry: Any, groups: Sequence[str], base: Hyperparameter | None,
-                 where: str) -> Hyperparameter:
+def _parse_entry(name: str, entry: Any, groups: Sequence[str], centre: Any, where: str) -> Hyperparameter:
     """One hyperparameter of a space file, checked."""
     here = f"{where}: {name}"
     if not isinstance(entry, Mapping) or "type" not in entry:
@@ -245,9 +246,9 @@ def _parse_entry(name: str, entry: Any, groups: Sequence[str], base: Hyperparame
         step = entry.get("step", 1) if kind == "int" else None
         if kind == "int" and (not isinstance(step, int) or step < 1):
             raise RecipeError(f"{here}: step must be a whole number >= 1, got {step!r}.")
-    default = entry.get("default", values[0] if kind == "fixed" else base.default if base else None)
-    if default is None:
-        default = values[0] if values else low if kind != "bool" else False
+    default = entry.get("default", values[0] if kind == "fixed" else centre)
+    if default is None:  # checking the file before the plan is known: its own default only
+        return Hyperparameter(name, kind, None, values, low, high, log, step)
     default = _check_value(name, default, groups, where)
     inside = (default in values if kind in ("choice", "fixed") else
               low <= default <= high if kind in ("float", "int") else True)
@@ -255,6 +256,32 @@ def _parse_entry(name: str, entry: Any, groups: Sequence[str], base: Hyperparame
         raise RecipeError(f"{here}: the default {default!r} (the plan's value unless you give one) is outside "
                           f"the range; widen the range or give default:.")
     return Hyperparameter(name, kind, default, values, low, high, log, step)
+
+
+def check_space(raw: Mapping[str, Any], groups: Sequence[str], where: str = "space") -> None:
+    """Check a space file before any work: known names, well-formed entries, values the settings take.
+
+    Whether each range holds the plan's value is checked by
+    :func:`resolve_space`, once the plan is known.
+
+    Args:
+        raw: The space file's mapping.
+        groups: The backbone's group names (from the registry).
+        where: The file, for error messages.
+
+    Raises:
+        RecipeError: For an unknown preset or hyperparameter, or a malformed entry.
+    """
+    entries = dict(raw)
+    preset = entries.pop("extends", "full")
+    if preset not in PRESETS:
+        raise RecipeError(f"{where}: extends must be one of {', '.join(PRESETS)}, got {preset!r}.")
+    for name, entry in entries.items():
+        if name not in KNOWN:
+            raise RecipeError(f"{where}: unknown hyperparameter {name!r}. Known: {', '.join(KNOWN)} "
+                              f"(and extends: {' or '.join(PRESETS)}).")
+        if entry is not None:
+            _parse_entry(name, entry, groups, None, where)
 
 
 def resolve_space(raw: Mapping[str, Any] | str | None, centre: Mapping[str, Any], groups: Sequence[str],
@@ -277,17 +304,15 @@ def resolve_space(raw: Mapping[str, Any] | str | None, centre: Mapping[str, Any]
     """
     if raw is None or isinstance(raw, str):
         return default_space(centre, groups, raw or "full")
+    check_space(raw, groups, where)
     entries = dict(raw)
     base = {hp.name: hp for hp in default_space(centre, groups, entries.pop("extends", "full"))}
     for name, entry in entries.items():
-        if name not in KNOWN:
-            raise RecipeError(f"{where}: unknown hyperparameter {name!r}. Known: {', '.join(KNOWN)} "
-                              f"(and extends: {' or '.join(PRESETS)}).")
         if entry is None:
             base.pop(name, None)
-            continue
-        base[name] = _parse_entry(name, entry, groups, base.get(name), where)
-    return tuple(hp if hp.default is not None else replace(hp, default=centre[hp.name]) for hp in base.values())
+        else:
+            base[name] = _parse_entry(name, entry, groups, centre[name], where)
+    return tuple(base.values())
 
 
 def load_space(path: str | os.PathLike) -> Mapping[str, Any]:
@@ -350,3 +375,27 @@ def trial_settings(values: Mapping[str, Any], head: HeadConfig, groups: Sequence
         kept = groups.index(values["cut"]) + 1 if values.get("cut") in groups else len(groups)
         out["unfreeze"] = min(int(values["unfreeze"]), kept)
     return out
+
+
+def check_searchable(recipe: Recipe) -> None:
+    """Refuse what a search cannot run, before any work.
+
+    Args:
+        recipe: The search's base recipe.
+
+    Raises:
+        RecipeError: For a Hub backbone, ``auto`` rates, mixed precision,
+            pruning or a snapshot ensemble.
+    """
+    if is_hub(recipe.backbone):
+        raise RecipeError(f"tune needs a registry backbone, whose groups it can freeze and cache; "
+                          f"{recipe.backbone} is an opaque SavedModel. Use e.g. --backbone mobilenet_v2.")
+    if recipe.auto_rates:
+        raise RecipeError(f"{' and '.join(recipe.auto_rates)}: auto finds a rate for one run; a search "
+                          "searches the rates itself. Give numbers (or leave them out).")
+    for name, value, why in (("mixed_precision", recipe.mixed_precision, "trials run in float32"),
+                             ("prune", recipe.prune, "trials are not pruned"),
+                             ("snapshots", recipe.snapshots, "the searched schedules are not SGDR")):
+        if value is not None:
+            raise RecipeError(f"{name} is not searched ({why}, so the best trial would not be the run its recipe "
+                              f"makes). Leave it out of the search; add it to best_recipe.yaml afterwards.")

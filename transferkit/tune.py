@@ -98,13 +98,35 @@ def _open_folder(output: str, settings: dict[str, Any], *, resume: bool) -> Path
     return folder
 
 
-def _space_arg(config: TuneConfig) -> Any:
-    """The ``space`` setting as :class:`~transferkit.hypermodel.TransferHyperModel` takes it."""
+def _check_inputs(recipe: Recipe, registry: Registry) -> None:
+    """Everything checkable before any work: the recipe's settings, the backbone, the image size, the folders."""
+    from transferkit.backbones import check_image_size
+    from transferkit.data import scan_folder
+    from transferkit.registry import get_backbone
+    from transferkit.space import check_searchable
+
+    check_searchable(recipe)
+    spec = get_backbone(recipe.backbone, registry)
+    check_image_size(spec, recipe.image_size or spec.default_size)
+    if recipe.data is None:
+        raise RecipeError("No training data. Give a folder with one sub-folder of images per class "
+                          "(transferkit tune DATA_DIR), or data: in the recipe.")
+    for folder in (recipe.data, recipe.val_dir):
+        if folder is not None:
+            scan_folder(folder)
+
+
+def _space_arg(config: TuneConfig, recipe: Recipe, registry: Registry) -> Any:
+    """The ``space`` setting as :class:`~transferkit.hypermodel.TransferHyperModel` takes it; a file is checked."""
     if config.space in SPACE_PRESETS:
         return config.space
-    from transferkit.space import load_space
+    from transferkit.registry import get_backbone
+    from transferkit.space import check_space, load_space
 
-    return dict(load_space(config.space))
+    raw = dict(load_space(config.space))
+    groups = get_backbone(recipe.backbone, registry).group_names
+    check_space(raw, groups, config.space)
+    return raw
 
 
 def _check_stack() -> None:
@@ -152,12 +174,17 @@ def tune(data: str | os.PathLike | None = None, *, recipe: Recipe | None = None,
     if recipe.output is None:
         raise RecipeError("Give --output DIR: the search folder (trials.csv, best_recipe.yaml, best/ ...).")
     config = recipe.tune or TuneConfig()
+    if config.space not in SPACE_PRESETS:
+        config = replace(config, space=str(Path(config.space).expanduser().resolve()))
     recipe = replace(recipe, tune=config)
+    if recipe.val_dir is not None:
+        recipe = recipe.replace(val_dir=str(Path(recipe.val_dir).expanduser().resolve()))
+    _check_inputs(recipe, registry)
     if config.max_epochs is not None:
         recipe = recipe.replace(epochs=min(recipe.epochs, config.max_epochs),
                                 fine_tune_epochs=min(recipe.fine_tune_epochs, config.max_epochs))
     _check_stack()
-    space = _space_arg(config)
+    space = _space_arg(config, recipe, registry)
     if config.workers and _role() is None:
         folder = _open_folder(recipe.output, _settings(recipe, space), resume=resume)
         return _read_result(_run_distributed(data, recipe, folder, config.workers))
@@ -185,8 +212,10 @@ def _search(data: Any, recipe: Recipe, folder: Path, space: Any, *, registry: Re
     searching = time.perf_counter()
     try:
         tuner.search()
-    except RuntimeError as error:  # keras-tuner stops after consecutive failed trials
-        log.warning("The search stopped: %s", str(error).splitlines()[0])
+    except Exception as error:  # keras-tuner stops after consecutive failed trials (a worker: through gRPC)
+        if not isinstance(error, RuntimeError) and _role() in (None, "chief"):
+            raise
+        log.warning("The search stopped: %s", (str(error).splitlines() or [type(error).__name__])[0])
     if _role() not in (None, "chief"):
         return TuneResult(str(folder), {"role": _role()}, [], None)
     log.info("Search finished in %.1fs (everything so far: %.1fs).", time.perf_counter() - searching,
@@ -320,7 +349,8 @@ def _run_distributed(data: Any, recipe: Recipe, folder: Path, workers: int) -> P
     atomic_write(recipe_file, yaml.safe_dump(recipe_to_dict(child), sort_keys=False))
     (folder / "logs").mkdir(exist_ok=True)
     command = [sys.executable, "-m", "transferkit", "tune", "--recipe", str(recipe_file)]
-    base = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port())}
+    base = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port()),
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true"}  # processes sharing one GPU each take only what they use
     processes = {}
     for name in ["chief", *(f"tuner{i}" for i in range(1, workers + 1))]:
         with open(folder / "logs" / f"{name}.log", "w") as out:
