@@ -91,7 +91,7 @@ def test_trial_settings_become_recipe_fields():
               "cut": "block_1", "augment": "none", "schedule": "one-cycle", "discriminative_span": 0.3}
     settings = trial_settings(values, HeadConfig(l2=1e-4), GROUPS)
     assert settings["head"] == HeadConfig(dense=(128,), dropout=0.4, l2=1e-4)
-    assert settings["learning_rate"] == 0.001235 and settings["unfreeze"] == 3  # capped at the kept groups
+    assert settings["learning_rate"] == 0.0012345678 and settings["unfreeze"] == 3  # capped at the kept groups
     recipe = Recipe().replace(**settings)
     assert recipe.schedule.kind == "one-cycle" and recipe.discriminative_span == 0.3
     assert trial_settings({"head_units": 0}, HeadConfig(dense=(64,)), GROUPS)["head"].dense == ()
@@ -109,3 +109,12 @@ def test_the_tune_section_of_a_recipe(tmp_path):
         load_recipe(tmp_path / "typo.yaml")
     with pytest.raises(RecipeError, match="discriminative_span"):
         Recipe(discriminative_span=1.5)
+
+
+def test_the_tune_recipe_loads_with_its_section(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    monkeypatch.setenv("TRANSFERKIT_ASSETS", str(tmp_path))
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "sign_digits_tune.yaml")
+    assert recipe.tune == TuneConfig(tuner="bayesian", max_trials=20, budget_minutes=15, space="full")
+    assert recipe.data == f"{tmp_path}/datasets/sign-language-digits"

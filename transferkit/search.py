@@ -83,11 +83,31 @@ def make_oracle(config: TuneConfig, *, dimensions: int, seed: int, deadline: flo
 
 
 class _Progress:
-    """Tuner mixin: a progress line and a ``trials.log`` line after each trial."""
+    """Tuner mixin: a progress line and a ``trials.log`` line after each trial; no per-trial waste.
+
+    Every trial is a fresh transferkit run (:mod:`transferkit.hypermodel`), so
+    three things keras-tuner does per trial buy nothing here and are left
+    out (keras-tuner is pinned below 1.5 for these private hooks):
+    ``keras.backend.clear_session()`` with a garbage collection before each
+    build (the hypermodel reuses its built models), the whole-model
+    checkpoint at every improving epoch, and Hyperband's loading of that
+    checkpoint into a continued trial (which starts fresh anyway).
+    """
 
     config: TuneConfig
     deadline: float | None = None
     log_path: Path | None = None
+
+    def _try_build(self, hp: Any) -> Any:
+        return self._build_hypermodel(hp)
+
+    def _build_hypermodel(self, hp: Any) -> Any:
+        return keras_tuner.Tuner._build_hypermodel(self, hp)
+
+    def _build_and_fit_model(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["callbacks"] = [c for c in kwargs.get("callbacks", [])
+                               if type(c).__name__ != "SaveBestEpoch"]
+        return super()._build_and_fit_model(trial, *args, **kwargs)
 
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)

@@ -366,8 +366,8 @@ def trial_settings(values: Mapping[str, Any], head: HeadConfig, groups: Sequence
     if head_values:
         out["head"] = replace(head, **head_values)
     for name in ("learning_rate", "fine_tune_learning_rate", "discriminative_span", "label_smoothing"):
-        if name in values:  # 4 significant digits: the recipe a user reads is the recipe that ran
-            out[name] = float(f"{float(values[name]):.4g}")
+        if name in values:  # as sampled: the plan's own values stay exact, so the first trial is the plan
+            out[name] = float(values[name])
     for name in ("augment", "schedule", "cut"):
         if name in values:
             out[name] = values[name]
