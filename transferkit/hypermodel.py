@@ -80,7 +80,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         self._space_raw, self._resolution, self._inputs = space, resolution, inputs
         self._space: SearchSpace | None = None
         self._models: OrderedDict[tuple, tuple[TransferModel, list]] = OrderedDict()
-        self._built: dict[int, tuple[TransferModel, Recipe]] = {}
+        self._built: set[int] = set()  # ids of the models build() returned and the memo still holds
 
     def _fresh(self, cut: str | None, head: Any) -> TransferModel:
         """The model ``finetune`` would build for this cut and head (seeded the same), fresh."""
@@ -95,7 +95,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
             self._models[key] = (transfer, [keras.ops.convert_to_numpy(v) for v in transfer.model.variables])
             while len(self._models) > MODELS_KEPT:
                 evicted, _ = self._models.popitem(last=False)[1]
-                self._built.pop(id(evicted.model), None)
+                self._built.discard(id(evicted.model))
         self._models.move_to_end(key)
         transfer, values = self._models[key]
         for variable, value in zip(transfer.model.variables, values):
@@ -155,7 +155,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         recipe = self.trial_recipe(self.declare(hp))
         plan = plan_for(self.inputs, recipe)
         transfer = self._fresh(plan.cut, recipe.head)
-        self._built[id(transfer.model)] = (transfer, recipe)
+        self._built.add(id(transfer.model))
         return transfer.model
 
     def fit(self, hp: Any, model: Any, *args: Any, callbacks: Sequence[Any] = (), epochs: int | None = None,
@@ -180,9 +180,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         """
         if id(model) not in self._built:
             raise RecipeError("TransferHyperModel.fit takes the model its build() returned.")
-        transfer, recipe = self._built[id(model)]
-        values = {h.name: hp.values[h.name] for h in self.space if h.name in hp.values}
-        recipe = self.trial_recipe(values, epochs) if epochs is not None else recipe
+        recipe = self.trial_recipe({h.name: hp.values[h.name] for h in self.space if h.name in hp.values}, epochs)
         plan = plan_for(self.inputs, recipe)
         transfer = self._fresh(plan.cut, recipe.head)  # fresh weights, also after a tuner loaded a checkpoint
         wrapped = [OnWholeModel(c, transfer.model) for c in callbacks]

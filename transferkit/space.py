@@ -116,8 +116,9 @@ def plan_centre(plan: FreezePlan, *, schedule: str, label_smoothing: float, grou
             "label_smoothing": label_smoothing}
 
 
-def _log_range(centre: float, low: float, high: float) -> tuple[float, float]:
-    return max(low, centre / 10), min(high, centre * 10)
+def _log_float(name: str, centre: float, low: float, high: float) -> Hyperparameter:
+    """A log-scale float from a tenth to ten times the plan's value, within ``[low, high]``."""
+    return Hyperparameter(name, "float", centre, low=max(low, centre / 10), high=min(high, centre * 10), log=True)
 
 
 def _with(values: Sequence[Any], default: Any) -> tuple:
@@ -149,13 +150,8 @@ def default_space(centre: Mapping[str, Any], groups: Sequence[str], preset: str 
         "head_dropout": Hyperparameter("head_dropout", "choice", c["head_dropout"],
                                        _with((0.0, 0.2, 0.4), c["head_dropout"])),
         "head_batch_norm": Hyperparameter("head_batch_norm", "bool", c["head_batch_norm"]),
-        "learning_rate": Hyperparameter("learning_rate", "float", c["learning_rate"],
-                                        low=_log_range(c["learning_rate"], 1e-5, 0.1)[0],
-                                        high=_log_range(c["learning_rate"], 1e-5, 0.1)[1], log=True),
-        "fine_tune_learning_rate": Hyperparameter("fine_tune_learning_rate", "float", c["fine_tune_learning_rate"],
-                                                  low=_log_range(c["fine_tune_learning_rate"], 1e-6, 0.01)[0],
-                                                  high=_log_range(c["fine_tune_learning_rate"], 1e-6, 0.01)[1],
-                                                  log=True),
+        "learning_rate": _log_float("learning_rate", c["learning_rate"], 1e-5, 0.1),
+        "fine_tune_learning_rate": _log_float("fine_tune_learning_rate", c["fine_tune_learning_rate"], 1e-6, 0.01),
         "discriminative_span": Hyperparameter("discriminative_span", "choice", c["discriminative_span"],
                                               _with((0.1, 0.3, 1.0), c["discriminative_span"])),
         "unfreeze": Hyperparameter("unfreeze", "int", c["unfreeze"], low=0,
