@@ -226,3 +226,31 @@ def test_snapshots_are_taken_after_the_given_steps():
     for member, step in zip(shots.members, shots.taken_at):
         for a, b in zip(member, seen[step - 1]):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_tensorboard_log_writes_each_stage_s_epoch_logs_to_its_own_folder(tmp_path, legacy):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from transferkit.callbacks import TensorBoardLog
+    from transferkit.training import fit_stage
+
+    board = TensorBoardLog(tmp_path)
+    model, first = _fit([board], epochs=2, legacy=legacy)  # fit_stage's default name: "stage"
+    import tensorflow as tf
+
+    x = np.zeros((8, 4), "float32")
+    second = fit_stage(model, tf.data.Dataset.from_tensor_slices((x, np.zeros(8, "int32"))).batch(8), None,
+                       epochs=3, callbacks=[board], name="fine_tune")
+    board.write_text("plan", "Plan: small+similar.")
+    board.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fine_tune", "run", "stage"]
+    for folder, fit in (("stage", first), ("fine_tune", second)):
+        events = EventAccumulator(str(tmp_path / folder), size_guidance={"tensors": 0})
+        events.Reload()
+        assert {"loss", "lr"} <= set(events.Tags()["tensors"])
+        logged = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events.Tensors("loss")]
+        assert logged == [(row["epoch"], pytest.approx(row["loss"], rel=1e-6)) for row in fit.rows]
+    text = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0})
+    text.Reload()
+    assert tf.make_ndarray(text.Tensors("plan")[0].tensor_proto).item() == b"Plan: small+similar."

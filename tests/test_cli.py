@@ -98,9 +98,16 @@ def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
     out = tmp_path / "run"
     done = _run("finetune", str(data), "--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "32",
                 "--epochs", "1", "--fine-tune-epochs", "1", "--unfreeze", "2", "--batch-size", "8",
-                "--output", str(out), "-q")
+                "--output", str(out), "--tensorboard", "-q")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Plan: small+" in done.stdout and "Overridden by you: unfreeze = 2" in done.stdout
+    assert {"report.html", "report.md", "MODEL_CARD.md", "top_losses.npz"} <= {p.name for p in out.iterdir()} \
+        or "No image was misclassified" in (out / "report.md").read_text()
+    assert {p.name for p in (out / "plots").iterdir()} >= {"learning_curves.png", "freeze_plan.png",
+                                                           "validation_confusion.png"}
+    (board,) = (out / "tensorboard").iterdir()  # one time-stamped folder per run: each stage, and the plan
+    assert sorted(p.name for p in board.iterdir()) == ["fine_tune", "head", "run"]
+    assert all(any(p.name.startswith("events.out.tfevents") for p in (board / d).iterdir()) for d in ("head", "run"))
     assert "weights:" in done.stdout and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in done.stdout
     assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
     image = sorted((data / "7").iterdir())[0]
@@ -112,8 +119,10 @@ def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
     done = _run("prune", str(out), "--epochs", "1", "--target-sparsity", "0.5", "--output", str(pruned), "-q")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "sparsity 0.5" in done.stdout and "keras_gzip" in done.stdout
-    assert sorted(p.name for p in pruned.iterdir()) == ["history.csv", "metrics.json", "model.keras",
-                                                          "model.tflite", "recipe.yaml"]
+    assert {p.name for p in pruned.iterdir()} - {"top_losses.npz"} == {
+        "history.csv", "metrics.json", "model.keras", "model.tflite", "recipe.yaml", "report.html", "report.md",
+        "MODEL_CARD.md", "plots"}
+    assert "sparsity.png" in {p.name for p in (pruned / "plots").iterdir()}
     metrics = json.loads((pruned / "metrics.json").read_text())
     assert abs(metrics["sparsity"] - 0.5) <= 0.01 and metrics["val_accuracy_before"] is not None
     assert set(metrics["size_bytes"]["after"]) == {"keras", "keras_gzip", "tflite", "tflite_gzip"}

@@ -41,6 +41,9 @@ def test_evaluating_on_the_validation_folder_gives_the_run_s_validation_accuracy
     counts = found["confusion"]["counts"]
     assert sum(counts[i][i] for i in range(3)) == round(found["accuracy"] * 12)  # the diagonal is the hits
     assert [v["support"] for v in found["per_class"].values()] == [4, 4, 4]
+    report = (run / "run" / "report.html").read_text()  # the run's report now has the test set's section
+    assert f"Test set: {run / 'val'}" in report and (run / "run" / "plots" / "test_confusion.png").is_file()
+    assert metrics["validation_scores"]["accuracy"] == metrics["val_accuracy"]  # the same images, the same model
 
 
 def test_unreadable_images_are_counted_and_test_time_views_change_the_scores(run, tmp_path):

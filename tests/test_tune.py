@@ -49,7 +49,7 @@ def test_trials_csv_the_plan_first_and_the_best_recipe_reproduces(digits, mobile
     from transferkit.tune import tune
 
     recipe = Recipe(backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=32, epochs=2, fine_tune_epochs=2,
-                    weights=str(mobilenet_v2_h5), tune=TuneConfig(tuner="random", max_trials=3))
+                    weights=str(mobilenet_v2_h5), tune=TuneConfig(tuner="random", max_trials=3), tensorboard=True)
     result = tune(digits, recipe=recipe, output=tmp_path / "search")
     folder = tmp_path / "search"
     rows = _rows(folder)
@@ -61,6 +61,11 @@ def test_trials_csv_the_plan_first_and_the_best_recipe_reproduces(digits, mobile
     assert first["augment"] == planned.augment and float(first["learning_rate"]) == planned.learning_rate
     assert all(float(r["seconds"]) > 0 and float(r["epochs"]) >= 2 for r in rows)
     assert (folder / "trials.png").stat().st_size > 0 and (folder / "keras_tuner" / "oracle.json").is_file()
+    assert sorted(p.name for p in (folder / "tensorboard").iterdir()) == ["trial_0", "trial_1", "trial_2"]
+    assert (folder / "tensorboard" / "trial_0" / "head").is_dir()  # each trial's stages in their own folders
+    report = (folder / "report.html").read_text()
+    assert "transferkit search" in report and "data:image/png;base64," in report
+    assert (folder / "best" / "report.html").is_file() and (folder / "best" / "MODEL_CARD.md").is_file()
     best = result.summary["best"]
     best_run = json.loads((folder / "best" / "metrics.json").read_text())
     assert best_run["val_accuracy"] == best["val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)

@@ -66,6 +66,9 @@ _EXPORTS = {
     "predict": "predict",
     "evaluate": "evaluate",
     "classification_scores": "scores",
+    "write_report": "report",
+    "model_card": "report",
+    "ReportResult": "report",
     # runs
     "RunRecord": "runs",
     "load_run": "runs",
@@ -106,6 +109,7 @@ _EXPORTS = {
     "TransferHyperModel": "hypermodel",
     "FeatureStore": "cache",
     "OnWholeModel": "callbacks",
+    "TensorBoardLog": "callbacks",
     # errors
     "SearchError": "errors",
     "TransferkitError": "errors",

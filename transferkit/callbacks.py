@@ -25,6 +25,8 @@
 * :class:`OnWholeModel` runs another callback against the whole model while
   a stage fits only the part above the feature cache (keras-tuner's
   checkpoint saves the whole model's weights).
+* :class:`TensorBoardLog` writes every stage's epoch logs (losses, metrics,
+  ``lr``) as TensorBoard scalars, one sub-folder per stage, and texts (the plan).
 * :class:`LRFinder` is the learning-rate range test: the rate grows
   exponentially each step, the loss is recorded, training stops when it
   diverges and the weights are put back.
@@ -43,7 +45,8 @@ import keras
 import numpy as np
 
 __all__ = ["StageTimer", "ScheduleCallback", "LearningRateLogger", "StopOnDivergence", "ResumableEarlyStopping",
-           "EpochBackup", "AveragedWeights", "Snapshots", "LRFinder", "OnWholeModel", "current_learning_rate"]
+           "EpochBackup", "AveragedWeights", "Snapshots", "LRFinder", "OnWholeModel", "TensorBoardLog",
+           "current_learning_rate"]
 
 log = logging.getLogger("transferkit")
 
@@ -351,6 +354,67 @@ class OnWholeModel(keras.callbacks.Callback):
     def set_params(self, params: dict) -> None:
         self.callback.set_params(params)
 
+
+
+class TensorBoardLog(keras.callbacks.Callback):
+    """TensorBoard scalars of every stage of a run: ``log_dir/<stage>``, one point per epoch.
+
+    Keras's ``TensorBoard`` callback writes one folder per ``fit``; a
+    transferkit run is several fits (head, fine-tune, pruning) whose epochs
+    restart at 1, so :func:`~transferkit.training.fit_stage` tells this
+    callback each stage's name (:meth:`begin_stage`) and the stage's epochs
+    go to their own folder: TensorBoard shows them as runs side by side.
+    Every number of the epoch logs is written (``loss``, ``val_loss``, the
+    metrics and ``lr``, which transferkit's logger adds). Works in ``tf_keras``
+    stages too (through the callback bridge).
+
+    Args:
+        log_dir: The folder (created on the first write).
+    """
+
+    def __init__(self, log_dir: Any):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.stage = "stage"
+        self._writers: dict[str, Any] = {}
+
+    def begin_stage(self, name: str) -> None:
+        """Send the following epochs to ``log_dir/name``."""
+        self.stage = name
+
+    def _writer(self, name: str) -> Any:
+        import os
+
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import tensorflow as tf
+
+        with self._writer(self.stage).as_default():
+            for key, value in (logs or {}).items():
+                try:
+                    tf.summary.scalar(key, float(value), step=epoch + 1)
+                except (TypeError, ValueError):  # a non-numeric log entry is not a scalar
+                    continue
+        self._writers[self.stage].flush()
+
+    def write_text(self, tag: str, text: str, *, folder: str = "run") -> None:
+        """A text under ``log_dir/folder`` (TensorBoard's Text tab), e.g. the plan's explanation."""
+        import tensorflow as tf
+
+        with self._writer(folder).as_default():
+            tf.summary.text(tag, text, step=0)
+        self._writers[folder].flush()
+
+    def close(self) -> None:
+        """Close every writer."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
 
 
 def _forward(hook: str) -> Any:

@@ -537,6 +537,8 @@ class Recipe:
             plan decide.
         tune: How ``transferkit tune`` searches (:class:`TuneConfig`);
             ``finetune`` ignores it.
+        tensorboard: Write TensorBoard logs under ``OUTPUT/tensorboard``
+            while the run trains (needs an output folder).
     """
 
     data: str | None = None
@@ -581,6 +583,7 @@ class Recipe:
     target_accuracy: float | None = None
     discriminative_span: float | None = None
     tune: TuneConfig | None = None
+    tensorboard: bool = False
 
     def __post_init__(self):
         _plain_numbers(self)

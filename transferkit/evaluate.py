@@ -21,6 +21,7 @@ from transferkit.config import MAX_TTA, check_number
 from transferkit.data import decode_images, scan_folder
 from transferkit.ensemble import predict_views
 from transferkit.errors import DataError, ModelDirError
+from transferkit.report import report_quietly
 from transferkit.runs import atomic_write, check_folder, load_run
 from transferkit.scores import classification_scores
 
@@ -37,7 +38,8 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
         data: Folder with one sub-folder of images per class, named as the run's classes.
         tta: Test-time views averaged (1: none; up to 8).
         top_k: k of the top-k accuracy.
-        output: Folder for ``evaluation.json``; defaults to ``run_dir``.
+        output: Folder for ``evaluation.json`` and the report with it (``report.html``,
+            ``MODEL_CARD.md``, ``plots/``); defaults to ``run_dir``.
         batch_size: Batch size of the passes.
         allow_saved_model: Whether a Hub run's ``saved_model/`` may be loaded.
 
@@ -79,4 +81,5 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
               "seconds": round(time.perf_counter() - started, 2)}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "evaluation.json", json.dumps(result, indent=2))
+    report_quietly(run_dir, evaluation=folder / "evaluation.json", output=folder)
     return result

@@ -36,7 +36,9 @@ from transferkit.runs import (HubExport, RunRecord, check_output, check_writable
                               versions)
 from transferkit.ensemble import snapshot_ensemble
 from transferkit.finder import auto_rates, found_rates
-from transferkit.training import Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan, technique_records
+from transferkit.report import TOP_LOSSES_FILE, report_quietly
+from transferkit.training import (Checkpoint, diagnose_run, model_head, open_board, run_hub_plan, run_plan,
+                                  score_validation, technique_records)
 from transferkit.weights import WeightsSource
 
 __all__ = ["FineTuneResult", "Prepared", "prepare", "finetune", "plan"]
@@ -128,6 +130,8 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
     if writes:
         check_output(recipe.output, overwrite=overwrite)
         check_writable(recipe)
+        if recipe.tensorboard and not recipe.output:
+            raise RecipeError("--tensorboard writes its logs into the run folder: give --output DIR too.")
     if is_hub(recipe.backbone):
         spec = load_hub(recipe.backbone, input_range=recipe.hub_range, allow_download=recipe.allow_download,
                         registry=registry)
@@ -236,19 +240,19 @@ def finetune(
     previous_policy = keras.mixed_precision.global_policy()
     if prep.recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(prep.recipe.mixed_precision)
+    board = open_board(prep.recipe)
     try:
         output = prep.recipe.output  # the fingerprint hashes every image: only a run folder needs it
         checkpoint = Checkpoint.open(output, fingerprint(prep.recipe, prep.images), overwrite=overwrite) if output else None
         run = _finetune_hub if isinstance(prep.spec, HubBackbone) else _finetune_registry
-        result, record, export = run(prep, verbose=verbose, callbacks=tuple(callbacks), checkpoint=checkpoint)
+        result, record, export = run(prep, verbose=verbose, callbacks=(*callbacks, *board), checkpoint=checkpoint)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    scored = result.trainable_model or result.model  # a fine-tuned Hub run: the tf_keras model that is exported
-    if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
-        record.diagnosis = diagnose_run(scored, prep.images, record, prep.recipe)
-    technique_records(record, scored, prep.images, prep.recipe)
+    for log_ in board:  # the plan as TensorBoard text, beside the stages' scalars
+        log_.write_text("plan", result.plan.explain())
+        log_.close()
+    extras = _assess(result.trainable_model or result.model, prep, record)
     record.seconds_total = round(time.perf_counter() - started, 2)
-    output = prep.recipe.output
     if export is not None:  # a Hub run also writes its self-contained SavedModel
         folder = Path(output).expanduser() if output else Path(tempfile.mkdtemp(prefix="transferkit-hub-"))
         record.saved_model = str(folder / "saved_model")
@@ -257,11 +261,27 @@ def finetune(
     result.metrics = record.to_dict()
     if output:
         save_run(output, model=export or result.model, record=record, history=result.history,
-                 recipe=prep.recipe, tflite=result.tflite, overwrite=overwrite)
+                 recipe=prep.recipe, tflite=result.tflite, overwrite=overwrite, extras=extras)
         result.output = output
+        report_quietly(output)
     if export is not None:
         result.model = export.model
     return result
+
+
+def _assess(scored: Any, prep: Prepared, record: RunRecord) -> dict[str, bytes]:
+    """Fill the record's diagnosis, validation scores and techniques; returns the extra run files (top losses).
+
+    ``scored`` is the final model with raw pixels in (for a fine-tuned Hub
+    run, the ``tf_keras`` model that is exported).
+    """
+    top_losses = None
+    if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
+        record.diagnosis = diagnose_run(scored, prep.images, record, prep.recipe)
+        record.validation_scores, top_losses = score_validation(scored, prep.images,
+                                                                batch_size=max(64, prep.recipe.batch_size))
+    technique_records(record, scored, prep.images, prep.recipe)
+    return {TOP_LOSSES_FILE: top_losses} if top_losses else {}
 
 
 def _record(prep: Prepared, plan_: FreezePlan, stages: list, **fields: Any) -> RunRecord:

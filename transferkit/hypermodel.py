@@ -183,7 +183,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         recipe = self.trial_recipe({h.name: hp.values[h.name] for h in self.space if h.name in hp.values}, epochs)
         plan = plan_for(self.inputs, recipe)
         transfer = self._fresh(plan.cut, recipe.head)  # fresh weights, also after a tuner loaded a checkpoint
-        wrapped = [OnWholeModel(c, transfer.model) for c in callbacks]
+        wrapped = [c if hasattr(c, "begin_stage") else OnWholeModel(c, transfer.model) for c in callbacks]
         stages = run_plan(transfer, self.images, recipe, plan, verbose=self.verbose, callbacks=wrapped)
         return trial_metrics(stages)
 

@@ -45,7 +45,8 @@ from transferkit.data import augment_config, load_image_folder, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
 from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, save_run, versions
-from transferkit.training import Checkpoint, fit_stage, logged_accuracy
+from transferkit.report import TOP_LOSSES_FILE, report_quietly
+from transferkit.training import Checkpoint, diagnose_run, fit_stage, logged_accuracy, open_board, score_validation
 from transferkit.weights import sha256_of
 
 __all__ = [
@@ -492,6 +493,7 @@ def prune(
     verbose: int | None = None,
     overwrite: bool = False,
     callbacks: Sequence[Any] = (),
+    tensorboard: bool = False,
     **overrides: Any,
 ) -> PruneResult:
     """Prune the model of a ``transferkit finetune`` run.
@@ -512,6 +514,8 @@ def prune(
             An unfinished pruning run in ``output`` with the same settings
             resumes after its last finished epoch (its state is in ``output/.state/``).
         callbacks: Extra Keras callbacks for the pruning stage.
+        tensorboard: Write TensorBoard logs under ``output/tensorboard`` (needs ``output``);
+            TF-MOT's sparsity summaries go there too unless ``config.summaries`` is set.
         **overrides: :class:`PruneConfig` fields (``target_sparsity=0.8``).
 
     Returns:
@@ -524,6 +528,8 @@ def prune(
     """
     config = dataclasses.replace(config or PruneConfig(), **{k: v for k, v in overrides.items() if v is not None})
     check_output(output, overwrite=overwrite)
+    if tensorboard and output is None:
+        raise RecipeError("--tensorboard writes its logs into the pruned run's folder: give --output DIR too.")
     transfer, run_metrics, recipe = load_transfer(run_dir)
     folder = data if data is not None else recipe.data
     if folder is None or not Path(folder).is_dir():
@@ -542,17 +548,35 @@ def prune(
         key = hashlib.sha256(f"{fingerprint(pruned_recipe, images)}:{source}".encode()).hexdigest()  # which model too
         checkpoint = Checkpoint.open(output, key, overwrite=overwrite)
     before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
+    board = open_board(pruned_recipe.replace(tensorboard=tensorboard))
+    if board and config.summaries is None:
+        config = dataclasses.replace(config, summaries=os.path.join(board[0].log_dir, "sparsity"))
     result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
-                            verbose=verbose, checkpoint=checkpoint, history=before, callbacks=callbacks)
+                            verbose=verbose, checkpoint=checkpoint, history=before, callbacks=(*callbacks, *board))
+    for log_ in board:
+        log_.close()
     result.history = before + result.history
-    record = RunRecord.from_dict(run_metrics)
-    record.val_accuracy, record.val_loss = result.metrics["val_accuracy_after"], result.metrics["val_loss_after"]
-    record.pruning, record.source_run = result.metrics, str(Path(run_dir).resolve())
-    record.seconds_total, record.versions = result.metrics["seconds"], versions()
+    record, extras = _pruned_record(run_metrics, result, str(Path(run_dir).resolve()), transfer, images, recipe)
     result.metrics = record.to_dict()
     if output is not None:
         compile_model(transfer.model, transfer.task)
-        recipe = pruned_recipe
-        save_run(output, model=result.model, record=record, history=result.history, recipe=recipe,
-                 tflite=result.tflite, overwrite=overwrite)
+        save_run(output, model=result.model, record=record, history=result.history, recipe=pruned_recipe,
+                 tflite=result.tflite, overwrite=overwrite, extras=extras)
+        report_quietly(output)
     return result
+
+
+def _pruned_record(run_metrics: dict[str, Any], result: PruneResult, source: str, transfer: Any, images: Any,
+                   recipe: Any) -> tuple[RunRecord, dict[str, bytes]]:
+    """The pruned run's record (the source's, with the pruned model's accuracy, scores and diagnosis) and extra files."""
+    record = RunRecord.from_dict(run_metrics)
+    record.val_accuracy, record.val_loss = result.metrics["val_accuracy_after"], result.metrics["val_loss_after"]
+    record.pruning, record.source_run = result.metrics, source
+    record.seconds_total, record.versions = result.metrics["seconds"], versions()
+    record.diagnosis = record.validation_scores = None  # the source run's are not the pruned model's
+    if record.task not in ("multiclass", "binary"):
+        return record, {}
+    compile_model(transfer.model, transfer.task)
+    record.diagnosis = diagnose_run(result.model, images, record, recipe)
+    record.validation_scores, top_losses = score_validation(result.model, images, batch_size=max(64, recipe.batch_size))
+    return record, {TOP_LOSSES_FILE: top_losses} if top_losses else {}

@@ -88,6 +88,9 @@ class RunRecord:
             validation accuracy (``model.keras`` is the ensemble).
         tta: Test-time augmentation: ``views``, ``val_accuracy`` with them
             and ``val_accuracy_plain`` without.
+        validation_scores: The final model's classification scores on the
+            validation split (:func:`~transferkit.scores.classification_scores`:
+            per class, confusion, calibration, the most confidently wrong images).
     """
 
     backbone: str
@@ -124,9 +127,10 @@ class RunRecord:
     ema: dict[str, Any] | None = None
     snapshots: dict[str, Any] | None = None
     tta: dict[str, Any] | None = None
+    validation_scores: dict[str, Any] | None = None
 
     _OPTIONAL = ("hub", "saved_model", "model_type", "diagnosis", "pruning", "source_run", "lr_find", "ema",
-                 "snapshots", "tta")
+                 "snapshots", "tta", "validation_scores")
 
     def to_dict(self) -> dict[str, Any]:
         """``metrics.json``'s content: the fields, absent optional sections left out, pruning flattened."""
@@ -237,11 +241,15 @@ def is_finished_run(folder: str | os.PathLike) -> bool:
 STATE_DIR = ".state"
 #: What a run folder may hold: the files transferkit writes, and its own hidden working names.
 RUN_FILES = frozenset({"model.keras", "metrics.json", "history.csv", "recipe.yaml", "model.tflite", "saved_model",
-                       "evaluation.json", "lr_find.json", "lr_find.png"})
+                       "evaluation.json", "lr_find.json", "lr_find.png", "top_losses.npz", "report.html",
+                       "report.md", "MODEL_CARD.md", "plots"})
+#: The TensorBoard logs (``--tensorboard``): written while the run trains, kept across runs (one sub-folder a run).
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _is_run_entry(name: str) -> bool:
-    return name in RUN_FILES or name.startswith((STATE_DIR, ".old-", ".model.", ".saved_model.")) or name.endswith(".tmp")
+    return (name in RUN_FILES or name == TENSORBOARD_DIR or name.endswith(".tmp")
+            or name.startswith((STATE_DIR, ".old-", ".model.", ".saved_model.", ".plots")))
 
 
 def check_folder(output: str | os.PathLike) -> Path:
@@ -345,7 +353,8 @@ def check_writable(recipe: Recipe) -> None:
 
 
 def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, history: Sequence[dict[str, Any]],
-             recipe: Recipe, tflite: bytes | None = None, overwrite: bool = False) -> Path:
+             recipe: Recipe, tflite: bytes | None = None, overwrite: bool = False,
+             extras: dict[str, bytes] | None = None) -> Path:
     """Write a run folder: all of it, or nothing (an overwritten run comes back on failure).
 
     Every file is serialised in memory first, so a value that cannot be
@@ -367,6 +376,7 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
         recipe: ``recipe.yaml``.
         tflite: ``model.tflite``'s bytes, if any.
         overwrite: Whether a finished run in ``output`` may be replaced.
+        extras: Other files of :data:`RUN_FILES` by name (``top_losses.npz``), written before ``metrics.json``.
 
     Returns:
         The folder.
@@ -388,6 +398,12 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
                           f"({type(error).__name__}: {str(error)[:200]}). Pass Python numbers and strings "
                           "(e.g. float(x), not a NumPy scalar). Nothing was written.") from None
     history_text = _history_csv(history)
+    extras = dict(extras or {})
+    if tflite is not None:
+        extras["model.tflite"] = tflite
+    unknown = sorted(set(extras) - RUN_FILES)
+    if unknown:
+        raise ValueError(f"save_run: {unknown} are not run files ({sorted(RUN_FILES)})")
     folder = Path(output).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix=".old-", dir=folder))
@@ -395,7 +411,7 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
     for path in previous:  # the old run's files, moved aside inside the folder (a rename, same file system)
         os.replace(path, aside / path.name)
     try:
-        _write_files(folder, model, history_text, recipe_text, tflite, metrics_text, contract(record))
+        _write_files(folder, model, history_text, recipe_text, extras, metrics_text, contract(record))
     except BaseException:
         for path in folder.iterdir():
             if path.name in RUN_FILES:
@@ -410,7 +426,7 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
     return folder
 
 
-def _write_files(folder: Path, model: Any, history_text: str, recipe_text: str, tflite: bytes | None,
+def _write_files(folder: Path, model: Any, history_text: str, recipe_text: str, extras: dict[str, bytes],
                  metrics_text: str, contract: dict[str, Any]) -> None:
     """The run's files, each atomically, ``metrics.json`` last."""
     if callable(model) and not hasattr(model, "save"):
@@ -426,8 +442,8 @@ def _write_files(folder: Path, model: Any, history_text: str, recipe_text: str, 
             tmp_model.unlink()
     atomic_write(folder / "history.csv", history_text)
     atomic_write(folder / "recipe.yaml", recipe_text)
-    if tflite is not None:
-        atomic_write(folder / "model.tflite", tflite)
+    for name, data in extras.items():
+        atomic_write(folder / name, data)
     atomic_write(folder / "metrics.json", metrics_text)
 
 

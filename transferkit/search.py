@@ -23,6 +23,7 @@ from typing import Any
 import keras_tuner
 
 from transferkit.config import TuneConfig
+from transferkit.runs import TENSORBOARD_DIR
 
 __all__ = ["make_tuner", "make_oracle", "trial_rows", "TRIALS_LOG", "COST_COLUMNS"]
 
@@ -97,6 +98,7 @@ class _Progress:
     config: TuneConfig
     deadline: float | None = None
     log_path: Path | None = None
+    board: Path | None = None
 
     def _try_build(self, hp: Any) -> Any:
         return self._build_hypermodel(hp)
@@ -107,6 +109,10 @@ class _Progress:
     def _build_and_fit_model(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs["callbacks"] = [c for c in kwargs.get("callbacks", [])
                                if type(c).__name__ != "SaveBestEpoch"]
+        if self.board is not None:  # --tensorboard: each trial's stages in their own folders
+            from transferkit.callbacks import TensorBoardLog
+
+            kwargs["callbacks"].append(TensorBoardLog(self.board / f"trial_{trial.trial_id}"))
         return super()._build_and_fit_model(trial, *args, **kwargs)
 
     def on_trial_end(self, trial: Any) -> None:
@@ -158,6 +164,7 @@ def make_tuner(config: TuneConfig, hypermodel: Any, folder: Path, *, deadline: f
     tuner = cls(oracle=oracle, hypermodel=hypermodel, directory=str(folder), project_name="keras_tuner",
                 overwrite=False)
     tuner.config, tuner.deadline, tuner.log_path = config, deadline, folder / TRIALS_LOG
+    tuner.board = folder / TENSORBOARD_DIR if hypermodel.recipe.tensorboard else None
     tuner.oracle.verbose = 0  # transferkit's own progress line replaces keras-tuner's display
     return tuner
 

@@ -199,11 +199,8 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
                                        ScheduleCallback, Snapshots, StageTimer, StopOnDivergence)
 
     resume = resume or StageResume()
+    _begin_stage(model, callbacks, name, resume)
     log.info("Stage %s: epochs %d-%d%s", name, resume.epoch + 1, epochs, " (resumed)" if resume.epoch else "")
-    if resume.optimizer is not None:
-        model.optimizer.build(model.trainable_variables)
-        for variable, value in zip(model.optimizer.variables, resume.optimizer):
-            variable.assign(value)
     timer, watch = StageTimer(), StopOnDivergence()
     scheduler = ScheduleCallback(schedule, initial_step=resume.step) if schedule is not None else None
     stopper = None
@@ -239,6 +236,17 @@ def fit_stage(model: Any, train: Any, val: Any = None, *, epochs: int, monitor: 
         best = stopper.best_epoch + 1
     return StageFit(rows, int(best), [round(s, 3) for s in timer.seconds], resume.epoch + len(rows),
                     averaged.raw_best if averaged is not None else None)
+
+
+def _begin_stage(model: Any, callbacks: Sequence[Any], name: str, resume: StageResume) -> None:
+    """Name the stage to the callbacks that ask (:class:`~transferkit.callbacks.TensorBoardLog`); restore the optimizer."""
+    for callback in callbacks:
+        if hasattr(callback, "begin_stage"):
+            callback.begin_stage(name)
+    if resume.optimizer is not None:
+        model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.optimizer.variables, resume.optimizer):
+            variable.assign(value)
 
 
 def _uses_ema(model: Any) -> bool:
@@ -442,6 +450,55 @@ def train_accuracy(model: Any, x: Any, y: Any, *, batch_size: int) -> float | No
         The accuracy, or ``None`` for a task without an accuracy metric.
     """
     return logged_accuracy(model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True))
+
+
+def open_board(recipe: Recipe) -> list[Any]:
+    """``[TensorBoardLog]`` into ``OUTPUT/tensorboard/<date-time>`` when ``recipe.tensorboard``, else ``[]``.
+
+    Each run (a resumed one too) gets its own time-stamped folder, so runs in
+    one output folder sit side by side in TensorBoard, never mixed.
+    """
+    if not recipe.tensorboard or not recipe.output:
+        return []
+    from pathlib import Path
+
+    from transferkit.callbacks import TensorBoardLog
+    from transferkit.runs import TENSORBOARD_DIR
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return [TensorBoardLog(Path(recipe.output).expanduser() / TENSORBOARD_DIR / stamp)]
+
+
+def score_validation(model: Any, images: ImageSet, *, batch_size: int,
+                     keep: int = 18) -> tuple[dict[str, Any], bytes | None]:
+    """The classification scores of a trained classifier on its validation split, and its top losses.
+
+    Args:
+        model: The final compiled model (raw pixels in).
+        images: The run's data.
+        batch_size: Batch size of the pass.
+        keep: How many of the most confidently wrong images to keep.
+
+    Returns:
+        :func:`~transferkit.scores.classification_scores` (each listed error
+        has its ``index`` in the validation split), and ``top_losses.npz``'s
+        bytes (those images, ``uint8``), or ``None`` when none was wrong.
+    """
+    import io
+
+    from transferkit.ensemble import predict_views
+    from transferkit.scores import classification_scores
+
+    probabilities = predict_views(model, images.x_val.astype(np.float32), 1, batch_size=batch_size)
+    index = [str(i) for i in range(len(images.y_val))]
+    scores = classification_scores(probabilities, images.y_val, images.class_names, worst=keep, paths=index)
+    for error in scores["most_confident_errors"]:
+        error["index"] = int(error.pop("path"))
+    if not scores["most_confident_errors"]:
+        return scores, None
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images.x_val[[e["index"] for e in scores["most_confident_errors"]]])
+    return scores, buffer.getvalue()
 
 
 def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> dict[str, Any] | None:

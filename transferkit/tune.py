@@ -30,6 +30,7 @@ from typing import Any
 from transferkit.config import SPACE_PRESETS, Recipe, TuneConfig, recipe_to_dict
 from transferkit.errors import MissingDependencyError, RecipeError, SearchError
 from transferkit.registry import REGISTRY, Registry
+from transferkit.report import report_quietly
 from transferkit.runs import atomic_write, check_folder
 
 __all__ = ["TuneResult", "tune", "SEARCH_FILE", "PROJECT"]
@@ -70,7 +71,7 @@ def _role() -> str | None:
 
 def _settings(recipe: Recipe, space: Any) -> dict[str, Any]:
     """What identifies a search: the recipe (output and what may change left out) and the space."""
-    values = {**recipe_to_dict(recipe), "output": None}
+    values = {**recipe_to_dict(recipe), "output": None, "tensorboard": None}
     values["tune"] = {k: v for k, v in (values["tune"] or {}).items() if k not in _MAY_CHANGE}
     values["space"] = space
     return json.loads(json.dumps(values, default=str))
@@ -324,6 +325,7 @@ def _write_results(folder: Path, tuner: Any, hypermodel: Any, recipe: Recipe, *,
     if len(failed):
         log.warning("%d of %d trials failed (trials.csv's message column says why).", len(failed), len(rows))
     atomic_write(folder / "tune.json", json.dumps(summary, indent=2, default=str))
+    report_quietly(folder)
     return TuneResult(str(folder), summary, rows, best_recipe)
 
 

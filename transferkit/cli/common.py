@@ -134,6 +134,7 @@ def recipe_from_args(args: argparse.Namespace):
         allow_download=False if args.offline else None,
         mixed_precision=getattr(args, "mixed_precision", None),
         jit_compile=True if getattr(args, "jit_compile", False) else None,
+        tensorboard=True if getattr(args, "tensorboard", False) else None,
         **optional,
     )
     if is_hub(recipe.backbone):

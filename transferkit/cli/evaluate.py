@@ -47,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows)
     for error in found["most_confident_errors"][:5]:
         print(f"wrong: {error['path']}: {error['true']} read as {error['predicted']} ({error['probability']:.3f})")
-    print(f"wrote {os.path.join(args.output or args.run_dir, 'evaluation.json')}")
+    print(f"wrote {os.path.join(args.output or args.run_dir, 'evaluation.json')}, report.html, MODEL_CARD.md, plots/")
     return 0

@@ -55,6 +55,8 @@ def register(commands) -> argparse.ArgumentParser:
     techniques.add_argument("--target-accuracy", type=float,
                             help="human-level / Bayes proxy for the bias/variance diagnosis (default 1.0)")
     tune.add_argument("--output", help="run folder for model.keras, metrics.json, history.csv")
+    tune.add_argument("--tensorboard", action="store_true",
+                      help="write TensorBoard logs under OUTPUT/tensorboard (each stage's losses, metrics and learning rate; the plan as text)")
     tune.add_argument("--overwrite", action="store_true",
                       help="replace a finished run in --output (only once the new one is complete)")
     tune.add_argument("-q", "--quiet", action="store_true", help="one line per epoch, no progress bars")
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(Diagnosis(**{**metrics["diagnosis"], "remedies": tuple(metrics["diagnosis"]["remedies"])}).explain())
     extra = ", saved_model/" if "saved_model" in metrics else ", model.tflite" if "sparsity" in metrics else ""
-    print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml")
+    print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml, report.html, MODEL_CARD.md, plots/")
     return 0
 
 

@@ -42,6 +42,9 @@ def register(commands) -> argparse.ArgumentParser:
                          help="BatchNorm while pruning (default recalibrate: batch statistics, then recomputed)")
     pruning.add_argument("--quantize", action="store_true", help="dynamic-range quantised model.tflite")
     pruning.add_argument("--summaries", help="folder for TF-MOT's TensorBoard pruning summaries")
+    pruning.add_argument("--tensorboard", action="store_true",
+                         help="write TensorBoard logs under OUTPUT/tensorboard (the pruning stage's losses, "
+                         "accuracy and learning rate; TF-MOT's sparsity summaries unless --summaries is given)")
     pruning.add_argument("--overwrite", action="store_true",
                       help="replace a finished run in --output (only once the new one is complete)")
     pruning.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from transferkit.prune import prune
 
     result = prune(args.run_dir, args.data, output=args.output, verbose=0 if args.quiet else 2,
-                   overwrite=args.overwrite,
+                   overwrite=args.overwrite, tensorboard=args.tensorboard,
                    target_sparsity=args.target_sparsity, initial_sparsity=args.initial_sparsity,
                    epochs=args.epochs, learning_rate=args.learning_rate, schedule=args.schedule,
                    structure=args.structure, layers=tuple(args.layers) if args.layers else None,
@@ -69,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"val_accuracy {m['val_accuracy_before']} -> {m['val_accuracy_after']}")
     for key in ("keras", "keras_gzip", "tflite", "tflite_gzip"):
         print(f"{key:12s} {before[key]:>10,d} -> {after[key]:>10,d} bytes ({before[key] / after[key]:.2f}x smaller)")
-    print(f"wrote {os.path.join(args.output, 'model.keras')}, model.tflite, metrics.json, history.csv, recipe.yaml")
+    print(f"wrote {os.path.join(args.output, 'model.keras')}, model.tflite, metrics.json, history.csv, recipe.yaml, report.html, MODEL_CARD.md, plots/")
     return 0

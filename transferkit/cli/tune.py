@@ -45,6 +45,8 @@ def register(commands) -> argparse.ArgumentParser:
                         help="run a chief and N workers on this machine (keras-tuner's distributed mode)")
     search.add_argument("--resume", action="store_true", help="continue the search in --output (refuse a new one)")
     tune.add_argument("--output", help="the search folder")
+    tune.add_argument("--tensorboard", action="store_true",
+                      help="write TensorBoard logs under OUTPUT/tensorboard (one folder per trial and stage)")
     return tune
 
 
@@ -76,5 +78,5 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['trials_per_minute']} trials per minute; best: trial {best['trial']}, {objective} "
           f"{best[objective]:.4f} (the first trial is the planner's plan)")
     print(f"best trial retrained into best/: val_accuracy {summary['best_run']['val_accuracy']}")
-    print(f"wrote {os.path.join(result.output, 'trials.csv')}, trials.png, best_recipe.yaml, best/, tune.json")
+    print(f"wrote {os.path.join(result.output, 'trials.csv')}, trials.png, best_recipe.yaml, best/, tune.json, report.html")
     return 0

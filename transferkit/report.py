@@ -1,0 +1,512 @@
+"""``report``: a run folder → ``report.html``, ``report.md``, ``MODEL_CARD.md`` and ``plots/*.png``.
+
+The report is a function of the folder alone: ``metrics.json``,
+``history.csv``, ``top_losses.npz`` (the validation split's most confidently
+wrong images, saved by the run), ``evaluation.json`` (``transferkit
+evaluate``) and, for a search, ``tune.json`` and ``trials.csv``; so
+``transferkit report RUN_DIR`` writes the same report again at any time.
+The HTML is one self-contained file: its plots are inlined as ``data:`` URIs
+and it requests nothing from the network. Plotting never breaks a run: a
+figure that fails is a warning and a line in the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transferkit import plots
+from transferkit.diagnosis import Diagnosis
+from transferkit.errors import ModelDirError
+from transferkit.runs import atomic_write
+
+__all__ = ["Block", "Section", "ReportResult", "write_report", "model_card", "TOP_LOSSES_FILE"]
+
+log = logging.getLogger("transferkit")
+
+#: The validation split's most confidently wrong images, written beside ``metrics.json`` by a run.
+TOP_LOSSES_FILE = "top_losses.npz"
+#: How many of them a run keeps (and the report shows).
+TOP_LOSSES = 18
+
+
+@dataclass
+class Block:
+    """One element of a section: ``p`` (text), ``ul`` (items), ``table`` (headers, rows), ``img``, ``pre``."""
+
+    kind: str
+    text: str = ""
+    items: Sequence[str] = ()
+    headers: Sequence[str] = ()
+    rows: Sequence[Sequence[Any]] = ()
+    image: str = ""  # relative to the report's folder
+
+
+@dataclass
+class Section:
+    """A titled list of blocks."""
+
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote.
+
+    Attributes:
+        folder: The folder.
+        files: The files written (``report.html``, ``report.md``, ``MODEL_CARD.md``, the plots).
+        warnings: The figures that failed, each with its reason.
+    """
+
+    folder: str
+    files: list[str]
+    warnings: list[str]
+
+
+class _Figures:
+    """Draws figures into a temporary plots folder; a failure becomes a warning and a text block."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.made, self.warnings = tmp, [], []
+
+    def draw(self, name: str, caption: str, draw: Callable[..., Any], *args: Any) -> list[Block]:
+        try:
+            draw(*args, self.tmp / name)
+        except Exception as error:  # noqa: BLE001 - a figure must never break a run
+            message = f"plots/{name} failed: {type(error).__name__}: {str(error)[:200]}"
+            log.warning("Report: %s", message)
+            self.warnings.append(message)
+            return [Block("p", text=f"(figure not drawn: {message})")]
+        self.made.append(name)
+        return [Block("img", image=f"plots/{name}", text=caption)]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _read_history(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelDirError(f"{str(path)!r} cannot be read as JSON ({error}): the folder is damaged. "
+                            "Write it again with the command that made it.") from None
+
+
+def _summary(metrics: dict[str, Any], evaluation: dict[str, Any] | None) -> Section:
+    variant = ", ".join(f"{k} {v}" for k, v in (metrics.get("variant") or {}).items())
+    rows = [("backbone", f"{metrics['backbone']}{f' ({variant})' if variant else ''}"),
+            ("input", f"{metrics['image_size']}×{metrics['image_size']} RGB, pixels 0–255"),
+            ("task", f"{metrics['task']}, {metrics['num_classes']} classes"),
+            ("training images", sum((metrics.get("train_counts") or {}).values())),
+            ("validation images", f"{sum((metrics.get('val_counts') or {}).values())} ({metrics.get('validation')})"),
+            ("validation accuracy", _fmt(metrics.get("val_accuracy"))),
+            ("validation loss", _fmt(metrics.get("val_loss"))),
+            ("plan", (metrics.get("plan") or {}).get("quadrant", "–")),
+            ("seconds", _fmt(metrics.get("seconds_total"), 1)),
+            ("seed", metrics.get("seed"))]
+    if evaluation:
+        rows.insert(6, ("test accuracy", f"{_fmt(evaluation.get('accuracy'))} on {evaluation.get('images')} images "
+                                         f"of {evaluation.get('data')}"))
+    if metrics.get("source_run"):
+        rows.append(("pruned from", metrics["source_run"]))
+    return Section("Summary", [Block("table", headers=("", ""), rows=rows)])
+
+
+def _training(folder: Path, metrics: dict[str, Any], figures: _Figures) -> list[Section]:
+    stages = metrics.get("stages") or []
+    blocks = figures.draw("learning_curves.png", "Loss, accuracy and learning rate by epoch across the stages.",
+                          plots.learning_curves, _read_history(folder), stages)
+    rows = [(s.get("name"), s.get("epochs"), s.get("best_epoch"), _fmt(s.get("val_accuracy")),
+             _fmt(s.get("val_loss")), _fmt(s.get("learning_rate")), s.get("trainable_params"),
+             s.get("feature_cache", "–"), "yes" if s.get("kept") else "no (reverted)") for s in stages]
+    blocks.append(Block("table", headers=("stage", "epochs", "best epoch", "val accuracy", "val loss", "rate",
+                                          "trainable params", "feature cache", "kept"), rows=rows))
+    sections = [Section("Training", blocks)]
+    plan = metrics.get("plan")
+    if plan and metrics.get("layer_groups"):
+        groups = [*metrics["layer_groups"], *[g for g in plan.get("dropped") or [] if g not in metrics["layer_groups"]]]
+        blocks = figures.draw("freeze_plan.png", "The backbone's layer groups, input to output, as the plan ran them.",
+                              plots.freeze_plan, groups, plan)
+        blocks.append(Block("ul", items=list(plan.get("reasons") or [])))
+        if plan.get("overrides"):
+            blocks.append(Block("p", text="Overridden by the recipe: " + ", ".join(
+                f"{k} = {v}" for k, v in plan["overrides"].items())))
+        sections.append(Section("Freeze plan", blocks))
+    return sections
+
+
+def _top_losses(folder: Path, scores: dict[str, Any], prefix: str, image_size: int) -> tuple[list, list[str]]:
+    """The most confidently wrong images and their captions: from ``top_losses.npz`` or the evaluated files."""
+    errors = scores.get("most_confident_errors") or []
+    captions = [f"true {e['true']}, said {e['predicted']}\np = {e['probability']:.2f}" for e in errors]
+    if prefix == "validation":
+        path = folder / TOP_LOSSES_FILE
+        if not path.is_file():
+            return [], []
+        with np.load(path) as stored:
+            images = list(stored["images"])
+        return images[:len(captions)], captions[:len(images)]
+    from PIL import Image
+
+    images, kept = [], []
+    for error, caption in zip(errors[:TOP_LOSSES], captions):
+        try:
+            with Image.open(error["path"]) as image:
+                images.append(np.asarray(image.convert("RGB").resize((image_size, image_size))))
+            kept.append(caption)
+        except (OSError, TypeError, KeyError):  # moved or deleted since: shown without it
+            continue
+    return images, kept
+
+
+def _scores(folder: Path, scores: dict[str, Any], prefix: str, title: str, image_size: int,
+            figures: _Figures) -> Section:
+    """Accuracy, calibration, confusion, per-class metrics and top losses of one scored set."""
+    macro = scores.get("macro") or {}
+    rows = [("accuracy", _fmt(scores.get("accuracy"))),
+            (f"top-{scores.get('top_k')} accuracy", _fmt(scores.get("top_k_accuracy"))),
+            ("macro precision / recall / F1", " / ".join(_fmt(macro.get(m)) for m in ("precision", "recall", "f1"))),
+            ("expected calibration error", _fmt(scores.get("ece")))]
+    if scores.get("tta", 1) > 1:
+        rows.append(("test-time views", scores["tta"]))
+    blocks = [Block("table", headers=("", ""), rows=rows)]
+    confusion = scores.get("confusion") or {}
+    if confusion.get("counts"):
+        blocks += figures.draw(f"{prefix}_confusion.png", "Confusion matrix (rows: true class).",
+                               plots.confusion_matrix, confusion["counts"], confusion["labels"])
+    per_class = scores.get("per_class") or {}
+    if per_class:
+        blocks += figures.draw(f"{prefix}_per_class.png", "Per-class precision, recall and F1.",
+                               plots.per_class_bars, per_class)
+        blocks.append(Block("table", headers=("class", "precision", "recall", "F1", "support"),
+                            rows=[(n, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), v["support"])
+                                  for n, v in per_class.items()]))
+    if scores.get("reliability"):
+        blocks += figures.draw(f"{prefix}_reliability.png", "Reliability diagram.", plots.reliability_diagram,
+                               scores["reliability"], scores.get("ece"))
+    images, captions = _top_losses(folder, scores, prefix, image_size)
+    if images:
+        blocks += figures.draw(f"{prefix}_top_losses.png", "The most confidently wrong images.", plots.image_grid,
+                               images, captions)
+    elif scores.get("most_confident_errors"):
+        blocks.append(Block("table", headers=("image", "true", "predicted", "probability"),
+                            rows=[(e.get("path") or "–", e["true"], e["predicted"], e["probability"])
+                                  for e in scores["most_confident_errors"][:TOP_LOSSES]]))
+    else:
+        blocks.append(Block("p", text="No image was misclassified."))
+    return Section(title, blocks)
+
+
+def _extras(metrics: dict[str, Any], figures: _Figures) -> list[Section]:
+    """Diagnosis, techniques, pruning and data problems, where the run has them."""
+    sections = []
+    if metrics.get("diagnosis"):
+        text = Diagnosis(**metrics["diagnosis"]).explain().splitlines()
+        sections.append(Section("Bias and variance", [Block("p", text=text[0]), Block("ul", items=text[1:])]))
+    techniques = [(name, ", ".join(f"{k} {_fmt(v)}" for k, v in metrics[name].items() if not isinstance(v, (list, dict))))
+                  for name in ("ema", "tta", "snapshots") if metrics.get(name)]
+    if metrics.get("lr_find"):
+        techniques.append(("lr_find", json.dumps(metrics["lr_find"])[:300]))
+    if techniques:
+        sections.append(Section("Techniques", [Block("table", headers=("technique", "result"), rows=techniques)]))
+    if metrics.get("layer_sparsity"):
+        blocks = figures.draw("sparsity.png", "Measured sparsity of every pruned layer against its target.",
+                              plots.layer_sparsity, metrics["layer_sparsity"], metrics.get("layer_targets"))
+        sizes = metrics.get("size_bytes") or {}
+        rows = [(when, _fmt(metrics.get(f"val_accuracy_{when}")),
+                 *[sizes.get(when, {}).get(k, "–") for k in ("keras", "keras_gzip", "tflite", "tflite_gzip")])
+                for when in ("before", "after")]
+        blocks.append(Block("table", headers=("model", "val accuracy", ".keras bytes", ".keras gzip", ".tflite bytes",
+                                              ".tflite gzip"), rows=rows))
+        blocks.append(Block("p", text=f"Global sparsity of the pruned kernels {_fmt(metrics.get('sparsity'))}, "
+                                      f"of the whole model {_fmt(metrics.get('model_sparsity'))}."))
+        sections.append(Section("Pruning", blocks))
+    if metrics.get("skipped_images"):
+        sections.append(Section("Data problems", [Block("p", text=f"{metrics['skipped_images']} file(s) failed to "
+                                                                  "decode and were left out:"),
+                                                  Block("ul", items=[f"{s['path']}: {s['reason']}" for s in
+                                                                     metrics.get("skipped_files", [])])]))
+    return sections
+
+
+def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None,
+               recipe: dict[str, Any] | None = None) -> str:
+    """``MODEL_CARD.md`` in the Hugging Face layout: YAML metadata, then the card's sections.
+
+    Args:
+        metrics: The run's ``metrics.json``.
+        evaluation: ``evaluation.json``, when the run was evaluated on a test folder.
+        recipe: The run's ``recipe.yaml`` (its data path and settings).
+
+    Returns:
+        The card's Markdown.
+    """
+    import yaml
+
+    recipe = recipe or {}
+    plan = metrics.get("plan") or {}
+    results = [{"type": "accuracy", "value": metrics.get("val_accuracy"), "name": "validation accuracy"}]
+    if evaluation:
+        results.append({"type": "accuracy", "value": evaluation.get("accuracy"), "name": "test accuracy"})
+    meta = {"library_name": "keras", "pipeline_tag": "image-classification",
+            "tags": ["transferkit", "transfer-learning", metrics["backbone"]],
+            "model-index": [{"name": f"transferkit-{metrics['backbone']}",
+                             "results": [{"task": {"type": "image-classification"}, "metrics": results}]}]}
+    counts = metrics.get("train_counts") or {}
+    versions = metrics.get("versions") or {}
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+             f"# Model card: {metrics['backbone']} fine-tuned with transferkit", "",
+             "## Model details", "",
+             f"- Architecture: ImageNet-pretrained `{metrics['backbone']}` {metrics.get('variant') or ''}, "
+             f"cut after `{plan.get('cut') or 'its last group'}`, head {json.dumps(plan.get('head'))}.",
+             f"- Input: {metrics['image_size']}×{metrics['image_size']} RGB, raw pixels 0–255 (the model "
+             "preprocesses them itself). Output: one probability per class.",
+             f"- Weights: {metrics.get('weights_source') or (metrics.get('hub') or {}).get('handle', '–')}.",
+             f"- Training plan: {plan.get('quadrant', '–')}; {len(plan.get('fine_tuned') or [])} groups fine-tuned, "
+             f"{len(plan.get('frozen') or [])} frozen, {len(plan.get('dropped') or [])} dropped. Seed {metrics.get('seed')}.",
+             "", "## Intended uses and limitations", "",
+             f"Classifies images into the {metrics['num_classes']} classes below, for images like the training "
+             "data. It was validated only on held-out images of the same source: expect lower accuracy on images "
+             "from other cameras, resolutions or populations, and on anything outside these classes (it always "
+             "answers one of them). Check the per-class metrics and the most confidently wrong images in "
+             "`report.html` before relying on it, and measure it on your own test set (`transferkit evaluate`).",
+             "", "## Training data", "",
+             f"From `{recipe.get('data', '–')}`: {sum(counts.values())} training images, validation "
+             f"{metrics.get('validation')}.", "", "| class | training images |", "|---|---|",
+             *[f"| {name} | {count} |" for name, count in counts.items()], "",
+             "## Evaluation", "", "| metric | value |", "|---|---|",
+             *[f"| {r['name']} | {_fmt(r['value'])} |" for r in results]]
+    if evaluation:
+        lines.append(f"| test macro F1 | {_fmt((evaluation.get('macro') or {}).get('f1'))} |")
+        lines.append(f"| test expected calibration error | {_fmt(evaluation.get('ece'))} |")
+    lines += ["", "## Framework versions", "", *[f"- {k} {v}" for k, v in versions.items()], ""]
+    return "\n".join(lines)
+
+
+def _tune_sections(folder: Path, summary: dict[str, Any], figures: _Figures) -> list[Section]:
+    """A search's summary, its trials plot (``trials.png``) and table, and the retrained best trial."""
+    best, run = summary.get("best") or {}, summary.get("best_run") or {}
+    objective = summary.get("objective", "val_accuracy")
+    rows = [("tuner", summary.get("tuner")), ("objective", objective),
+            ("trials", f"{summary.get('completed')} completed, {summary.get('failed')} failed of "
+                       f"{summary.get('trials')}"),
+            ("search minutes", _fmt((summary.get("search_seconds") or 0) / 60, 1)),
+            ("best trial", f"{best.get('trial')}: {objective} {_fmt(best.get(objective))}"),
+            ("best trial retrained (best/)", f"val accuracy {_fmt(run.get('val_accuracy'))}")]
+    sections = [Section("Search", [Block("table", headers=("", ""), rows=rows),
+                                   Block("table", headers=("hyperparameter", "best", "plan", "range"),
+                                         rows=[(h["name"], _fmt((best.get("values") or {}).get(h["name"])),
+                                                _fmt(h.get("plan")), h.get("range")) for h in summary.get("space", [])])])]
+    blocks = figures.draw("trials.png", "Each trial's objective and the best so far (tune's trials.png).",
+                          shutil.copyfile, folder / "trials.png") if (folder / "trials.png").is_file() else []
+    path = folder / "trials.csv"
+    if path.is_file():
+        with path.open(newline="") as handle:
+            table = list(csv.reader(handle))
+        if table:
+            blocks.append(Block("table", headers=table[0], rows=[[_fmt(_number(c)) for c in r] for r in table[1:]]))
+    sections.append(Section("Trials", blocks))
+    if (folder / "best" / "report.html").is_file():
+        sections.append(Section("Best trial", [Block("p", text="The best trial retrained through finetune has its own "
+                                                               "report: best/report.html.")]))
+    return sections
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text) if "." in text else text
+    except ValueError:
+        return text
+
+
+def render_markdown(title: str, sections: Sequence[Section]) -> str:
+    """The report as Markdown (images as relative links)."""
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if block.kind == "p":
+                lines += [block.text, ""]
+            elif block.kind == "pre":
+                lines += ["```", block.text, "```", ""]
+            elif block.kind == "ul":
+                lines += [f"- {item}" for item in block.items] + [""]
+            elif block.kind == "img":
+                lines += [f"![{block.text}]({block.image})", ""]
+            elif block.kind == "table":
+                cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"  # noqa: E731
+                lines += [cells(block.headers), "|" + "---|" * len(block.headers),
+                          *[cells(row) for row in block.rows], ""]
+    return "\n".join(lines)
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 0 auto;
+       padding: 1.5em; color: #1f2933; line-height: 1.45; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #2f80ed; padding-bottom: .2em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #d9e2ec; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d9e2ec; padding: .25em .6em; text-align: left; vertical-align: top; }
+th { background: #f0f4f8; }
+figure { margin: 1em 0; } figcaption { font-size: .85em; color: #52606d; }
+img { max-width: 100%; height: auto; }
+nav a { margin-right: 1em; font-size: .9em; }
+pre { background: #f5f7fa; padding: .6em; white-space: pre-wrap; }
+</style></head>
+<body>
+<h1>{{ title }}</h1>
+<nav>{% for s in sections %}<a href="#s{{ loop.index }}">{{ s.title }}</a>{% endfor %}</nav>
+{% for s in sections %}
+<h2 id="s{{ loop.index }}">{{ s.title }}</h2>
+{% for b in s.blocks %}
+{% if b.kind == "p" %}<p>{{ b.text }}</p>
+{% elif b.kind == "pre" %}<pre>{{ b.text }}</pre>
+{% elif b.kind == "ul" %}<ul>{% for item in b.items %}<li>{{ item }}</li>{% endfor %}</ul>
+{% elif b.kind == "img" %}<figure><img src="{{ images[b.image] }}" alt="{{ b.text }}"><figcaption>{{ b.text }}</figcaption></figure>
+{% elif b.kind == "table" %}<table><thead><tr>{% for h in b.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in b.rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{% endif %}
+{% endfor %}
+{% endfor %}
+<p style="font-size:.8em;color:#7b8794">Written by transferkit report; every figure is embedded in this file.</p>
+</body></html>
+"""
+
+
+def render_html(title: str, sections: Sequence[Section], folder: Path) -> str:
+    """The report as one self-contained HTML page: each image read from ``folder`` and inlined as a data URI."""
+    import jinja2
+
+    images = {}
+    for section in sections:
+        for block in section.blocks:
+            if block.kind == "img":
+                data = base64.b64encode((folder / block.image).read_bytes()).decode("ascii")
+                images[block.image] = f"data:image/png;base64,{data}"
+    environment = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(_HTML).render(title=title, sections=sections, images=images)
+
+
+def _run_sections(folder: Path, metrics: dict[str, Any], evaluation: dict[str, Any] | None,
+                  figures: _Figures) -> list[Section]:
+    sections = [_summary(metrics, evaluation), *_training(folder, metrics, figures)]
+    size = int(metrics["image_size"])
+    if evaluation:
+        sections.append(_scores(folder, evaluation, "test", f"Test set: {evaluation.get('data')}", size, figures))
+    if metrics.get("validation_scores"):
+        sections.append(_scores(folder, metrics["validation_scores"], "validation", "Validation split", size, figures))
+    return sections + _extras(metrics, figures)
+
+
+def write_report(folder: str | os.PathLike, *, evaluation: str | os.PathLike | None = None,
+                 output: str | os.PathLike | None = None) -> ReportResult:
+    """Write ``report.html``, ``report.md``, ``MODEL_CARD.md`` and ``plots/`` for a run or search folder.
+
+    Args:
+        folder: A finished run (``metrics.json``) or search (``tune.json``) folder.
+        evaluation: An ``evaluation.json`` to include; defaults to the folder's own, if any.
+        output: Where to write the report (created if needed); defaults to ``folder``.
+
+    Returns:
+        The :class:`ReportResult`.
+
+    Raises:
+        ModelDirError: For a folder that is neither, or a damaged JSON file in it.
+    """
+    import yaml
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ModelDirError(f"{str(folder)!r} is not a folder. Give the folder that finetune, prune or tune wrote "
+                            "(--output).")
+    tuned, metrics = _read_json(folder / "tune.json"), _read_json(folder / "metrics.json")
+    if tuned is None and metrics is None:
+        raise ModelDirError(f"{str(folder)!r} holds no metrics.json or tune.json: not a finished transferkit run or "
+                            "search. Give the folder that finetune, prune or tune wrote (--output).")
+    evaluation_data = _read_json(Path(evaluation) if evaluation else folder / "evaluation.json")
+    target = Path(output).expanduser() if output is not None else folder
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".plots.", dir=target))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make plots/ private
+    figures = _Figures(tmp)
+    try:
+        if tuned is not None:
+            title, sections = f"transferkit search: {folder.resolve().name}", _tune_sections(folder, tuned, figures)
+        else:
+            title = f"transferkit run: {folder.resolve().name}"
+            sections = _run_sections(folder, metrics, evaluation_data, figures)
+            recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
+            card = model_card(metrics, evaluation_data, recipe)
+            sections.append(Section("Model card", [Block("p", text="Also written as MODEL_CARD.md."),
+                                                   Block("pre", text=card.split("---", 2)[-1].strip())]))
+        _swap_plots(target, tmp)
+        files = [str(target / "plots" / name) for name in figures.made]
+        atomic_write(target / "report.md", render_markdown(title, sections))
+        atomic_write(target / "report.html", render_html(title, sections, target))
+        files += [str(target / "report.md"), str(target / "report.html")]
+        if tuned is None:
+            atomic_write(target / "MODEL_CARD.md", card)
+            files.append(str(target / "MODEL_CARD.md"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ReportResult(str(target), files, figures.warnings)
+
+
+def _swap_plots(folder: Path, tmp: Path) -> None:
+    """Replace ``folder/plots`` by the freshly drawn ``tmp`` (the old one is removed only after the rename)."""
+    target = folder / "plots"
+    old = folder / f".plots-old.{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    tmp.mkdir()  # so the caller's cleanup has its folder
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def report_quietly(folder: str | os.PathLike, **kwargs: Any) -> ReportResult | None:
+    """:func:`write_report` for the end of a run: any failure is a warning, never an error.
+
+    Args:
+        folder: The finished run or search folder.
+        **kwargs: As :func:`write_report`.
+
+    Returns:
+        The :class:`ReportResult`, or ``None`` when the report could not be written.
+    """
+    try:
+        return write_report(folder, **kwargs)
+    except Exception as error:  # noqa: BLE001 - the model and metrics are saved; the report is extra
+        log.warning("The report could not be written (%s: %s); the run itself is saved. Retry with "
+                    "`transferkit report %s`.", type(error).__name__, str(error)[:300], folder)
+        return None
