@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit.data import (class_weights, decode_images, load_image_folder, scan_folder,
+from transferkit.data import (class_weights, decode_images, load_image_folder, sample_per_class, scan_folder,
                               stratified_split)
 from transferkit.errors import DataError
 
@@ -63,6 +63,19 @@ def test_load_folder_with_val_dir_and_split(folder, tmp_path):
     _write(other / "c" / "x.jpg", "RGB")
     with pytest.raises(DataError, match="differ from training classes"):
         load_image_folder(folder, image_size=32, val_dir=other)
+
+
+def test_a_per_class_sample_is_seeded_in_folder_order_and_caps_each_class(tmp_path):
+    for name in ("a", "b"):
+        for i in range(5 if name == "a" else 2):
+            _write(tmp_path / "d" / name / f"{i}.png", "RGB")
+    scan = scan_folder(tmp_path / "d")
+    small = sample_per_class(scan, 3, seed=0)
+    assert small.counts == {"a": 3, "b": 2} and list(small.files) == sorted(small.files)
+    assert sample_per_class(scan, 3, seed=0) == small and set(small.files) <= set(scan.files)
+    assert {sample_per_class(scan, 3, seed=s).files for s in range(6)} != {small.files}  # the seed picks
+    images = load_image_folder(tmp_path / "d", image_size=16, val_split=0.2, seed=0, max_per_class=3)
+    assert len(images.y_train) + len(images.y_val) == 5
 
 
 def test_missing_folder(tmp_path):

@@ -41,6 +41,7 @@ _EXPORTS = {
     "task_spec": "heads",
     "Recipe": "config",
     "load_recipe": "config",
+    "smoke": "config",
     # planning
     "plan": "finetune",
     "make_plan": "planning",

@@ -539,6 +539,10 @@ class Recipe:
             ``finetune`` ignores it.
         tensorboard: Write TensorBoard logs under ``OUTPUT/tensorboard``
             while the run trains (needs an output folder).
+        max_per_class: Read at most this many images of each class of
+            ``data`` (a sample seeded by ``seed``, taken before the
+            validation split): a small-data run from a large folder.
+            ``None`` reads them all.
     """
 
     data: str | None = None
@@ -584,9 +588,12 @@ class Recipe:
     discriminative_span: float | None = None
     tune: TuneConfig | None = None
     tensorboard: bool = False
+    max_per_class: int | None = None
 
     def __post_init__(self):
         _plain_numbers(self)
+        if self.max_per_class is not None:
+            check_number("max_per_class", self.max_per_class, low=2, integer=True)
         if self.discriminative_span is not None:
             check_number("discriminative_span", self.discriminative_span, low=0, high=1, low_open=True)
         object.__setattr__(self, "schedule", schedule_config(self.schedule, "cosine"))
@@ -799,3 +806,33 @@ DEMO_RECIPE = Recipe(
     fine_tune_epochs=15,
     seed=0,
 )
+
+
+#: Set to ``1`` to shrink the notebooks' recipes to a seconds-long run (the CI notebook test does).
+SMOKE_ENV = "TRANSFERKIT_SMOKE"
+
+
+def smoke(recipe: Recipe) -> Recipe:
+    """The recipe as written, or, when ``TRANSFERKIT_SMOKE=1``, shrunk so a notebook runs in seconds.
+
+    The shrunk recipe keeps every setting but the sizes: 1 epoch a stage,
+    registry backbones at 32 px, at most 8 images a class, 1 pruning epoch,
+    a search of 2 trials without a time budget. Its numbers say nothing;
+    it checks that the notebook still runs.
+
+    Args:
+        recipe: The recipe a notebook follows.
+
+    Returns:
+        ``recipe``, or its shrunk copy.
+    """
+    if os.environ.get(SMOKE_ENV) != "1":
+        return recipe
+    changes: dict[str, Any] = {"epochs": 1, "fine_tune_epochs": 1, "max_per_class": min(8, recipe.max_per_class or 8)}
+    if not is_hub(recipe.backbone):
+        changes["image_size"] = 32
+    if recipe.prune is not None:
+        changes["prune"] = dataclasses.replace(recipe.prune, epochs=1)
+    if recipe.tune is not None:
+        changes["tune"] = dataclasses.replace(recipe.tune, max_trials=2, budget_minutes=None, workers=0)
+    return recipe.replace(**changes)

@@ -15,6 +15,7 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -358,6 +359,7 @@ def load_image_folder(
     val_dir: str | os.PathLike | None = None,
     val_split: float = 0.2,
     seed: int = 0,
+    max_per_class: int | None = None,
 ) -> ImageSet:
     """Decode a class-per-folder dataset into an :class:`ImageSet`.
 
@@ -367,7 +369,10 @@ def load_image_folder(
         val_dir: Validation folder with the same class names. When absent,
             a stratified ``val_split`` of ``train_dir`` is held out.
         val_split: Share held out when ``val_dir`` is absent. Defaults to 0.2.
-        seed: Seed of the split. Defaults to 0.
+        seed: Seed of the split (and of the sample). Defaults to 0.
+        max_per_class: Read at most this many files of each class of
+            ``train_dir`` (a seeded sample, taken before the validation
+            split); ``None`` reads them all.
 
     Returns:
         The decoded images, labels, class names and skipped files.
@@ -378,6 +383,8 @@ def load_image_folder(
             any decodable image.
     """
     scan = scan_folder(train_dir)
+    if max_per_class is not None:
+        scan = sample_per_class(scan, max_per_class, seed)
     images, kept, skipped = decode_images(scan.files, image_size)
     labels = np.asarray(scan.labels, dtype=np.int32)[kept]
     _check_classes_survive(labels, scan.class_names, skipped)
@@ -396,6 +403,25 @@ def load_image_folder(
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     return ImageSet(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
                     scan.class_names, image_size, skipped, f"split {val_split} seed {seed}")
+
+
+def sample_per_class(scan: FolderScan, count: int, seed: int) -> FolderScan:
+    """At most ``count`` files of each class, a seeded sample kept in folder order.
+
+    Args:
+        scan: The folder's files.
+        count: Files kept per class (classes with fewer keep all of theirs).
+        seed: Seed of the sample.
+
+    Returns:
+        The smaller :class:`FolderScan`.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(scan.labels)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:count]
+                                   for c in range(len(scan.class_names))]))
+    return dataclasses.replace(scan, files=tuple(scan.files[i] for i in keep),
+                               labels=tuple(int(labels[i]) for i in keep))
 
 
 def _check_classes_survive(labels: np.ndarray, names: Sequence[str], skipped) -> None:

@@ -150,8 +150,8 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
                               "(transferkit finetune DATA_DIR), data: in the recipe, or --demo.")
         recipe = recipe.replace(data=str(Path(folder).expanduser().resolve()),
                                 val_dir=str(Path(recipe.val_dir).expanduser().resolve()) if recipe.val_dir else None)
-        images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir,
-                                   val_split=recipe.val_split, seed=recipe.seed)
+        images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir, val_split=recipe.val_split,
+                                   seed=recipe.seed, max_per_class=recipe.max_per_class)
         resolution = folder_resolution(scan_folder(folder).files, seed=recipe.seed)
     if images.image_size != size:
         raise RecipeError(f"ImageSet holds {images.image_size} px images but the recipe asks for {size} px.")

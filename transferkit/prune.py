@@ -536,7 +536,7 @@ def prune(
         raise DataError(f"Pruning needs the run's training data: {str(folder)!r} is not a folder. "
                         "Pass --data DATA_DIR (the folder the run was fine-tuned on).")
     images = load_image_folder(folder, image_size=transfer.image_size, val_dir=recipe.val_dir,
-                               val_split=recipe.val_split, seed=recipe.seed)
+                               val_split=recipe.val_split, seed=recipe.seed, max_per_class=recipe.max_per_class)
     if list(images.class_names) != list(run_metrics["class_names"]):
         raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
                         f"trained on {list(run_metrics['class_names'])[:5]}...: pruning on them would relabel the "

@@ -64,6 +64,8 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     validation = command.add_mutually_exclusive_group()
     validation.add_argument("--val-dir", help="validation folder with the same class sub-folders")
     validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
+    command.add_argument("--max-per-class", type=int, metavar="N",
+                         help="read at most N images of each class (a seeded sample, before the validation split)")
     command.add_argument("--seed", type=int, help="seed of split, sample, shuffling and initialisation")
     command.add_argument("--offline", action="store_true", help="never download weights or data")
     command.add_argument("--epochs", type=int, help="stage 1 epochs: head on the frozen backbone")
@@ -115,7 +117,7 @@ def recipe_from_args(args: argparse.Namespace):
         variant["alpha"] = args.alpha
     optional = {name: getattr(args, name, None) for name in (
         "epochs", "fine_tune_epochs", "learning_rate", "batch_size", "output", "label_smoothing", "weight_decay",
-        "clip_norm", "clip_value", "ema", "snapshots", "tta", "target_accuracy")}
+        "clip_norm", "clip_value", "ema", "snapshots", "tta", "target_accuracy", "max_per_class")}
     penalties = {name: getattr(args, name, None) for name in ("l1", "l2")}
     if any(value is not None for value in penalties.values()):
         optional["head"] = dataclasses.replace(recipe.head, **{k: v for k, v in penalties.items() if v is not None})
