@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune
+.PHONY: demo test install clean notebooks bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Run every notebook top to bottom on the real recipes and keep the outputs (about 25 minutes).
+notebooks: $(VENV)/.installed
+	cd notebooks && TRANSFERKIT_SMOKE=0 ../$(VENV)/bin/jupyter-execute --inplace --timeout=-1 *.ipynb
 
 # Benchmarks: real runs, printed tables, JSON results (minutes, not a test).
 bench: $(VENV)/.installed

@@ -60,8 +60,12 @@ def test_run_folder_is_complete_and_loads_in_plain_keras(tiny, mobilenet_v2_h5, 
 
     out = tmp_path / "run"
     result = finetune(tiny, recipe=_recipe(mobilenet_v2_h5, fine_tune_epochs=0), output=out, verbose=0)
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "model.keras", "recipe.yaml"]
+    written = {p.name for p in out.iterdir()} - {"top_losses.npz"}  # absent when no validation image is wrong
+    assert written == {"history.csv", "metrics.json", "model.keras", "recipe.yaml", "report.html", "report.md",
+                       "MODEL_CARD.md", "plots"}
     metrics = json.loads((out / "metrics.json").read_text())
+    errors = metrics["validation_scores"]["most_confident_errors"]
+    assert (out / "top_losses.npz").is_file() == bool(errors)
     for key in ("val_accuracy", "backbone", "image_size", "num_classes", "class_names", "weights_source",
                 "skipped_images", "seconds_total", "stages"):
         assert key in metrics

@@ -26,6 +26,7 @@ from transferkit.data import ImageSet, make_dataset
 from transferkit.errors import RecipeError
 from transferkit.model import TransferModel, set_seed, unfreeze
 from transferkit.planner import FreezePlan
+from transferkit.plots import pyplot, save_figure
 from transferkit.runs import atomic_write
 from transferkit.schedules import LR_RULES, smooth
 from transferkit.training import compile_stage, stage_model
@@ -185,11 +186,7 @@ def write_finding(output: str | os.PathLike, finding: RateFinding) -> list[Path]
     Returns:
         The two paths.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder = Path(output).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -205,15 +202,7 @@ def write_finding(output: str | os.PathLike, finding: RateFinding) -> list[Path]
     axes.set_ylabel("loss")
     axes.set_title(f"LR finder, {finding.stage} stage: {finding.rule} suggests {finding.suggestion:.2g}")
     axes.legend(loc="best", fontsize=8)
-    png = folder / "lr_find.png"
-    tmp = folder / f".lr_find.{os.getpid()}.png"
-    try:
-        figure.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, png)
-    finally:
-        plt.close(figure)
-        if tmp.exists():
-            tmp.unlink()
+    png = save_figure(figure, folder / "lr_find.png")
     path = folder / "lr_find.json"
     atomic_write(path, json.dumps(finding.to_dict(), indent=2))
     return [path, png]

@@ -10,30 +10,41 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["stage_spans", "learning_curves", "freeze_plan", "confusion_matrix", "per_class_bars", "reliability_diagram",
+__all__ = ["save_figure", "pyplot", "stage_spans", "trials", "learning_curves", "freeze_plan", "confusion_matrix", "per_class_bars", "reliability_diagram",
            "image_grid", "layer_sparsity"]
 
 #: Colours of the plan's three kinds of group.
 GROUP_COLOURS = {"frozen": "#9aa5b1", "fine-tuned": "#2f80ed", "dropped": "#f2c94c"}
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (a notebook's inline backend is left alone)."""
     import matplotlib
 
-    matplotlib.use("Agg", force=False)  # no display needed; a notebook's inline backend is left alone
+    if "matplotlib.pyplot" not in sys.modules:  # no display needed; a backend already chosen stays
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` through a temporary name, then close it."""
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure to ``path`` through a temporary name (never half a file), then close it.
+
+    Args:
+        fig: The figure.
+        path: The PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    plt = pyplot()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
     try:
@@ -85,7 +96,7 @@ def learning_curves(history: Sequence[dict[str, Any]], stages: Sequence[dict[str
     """
     if not history:
         raise ValueError("no epochs in history.csv")
-    plt = _pyplot()
+    plt = pyplot()
     steps, spans = stage_spans(history)
     keys = history[0].keys()
     panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in keys else []) + [("lr", "learning rate")]
@@ -107,7 +118,7 @@ def learning_curves(history: Sequence[dict[str, Any]], stages: Sequence[dict[str
         ax.set_xlabel("epoch (all stages)")
         ax.legend(fontsize=8)
     fig.suptitle("Learning curves (dashed: stage boundary, dotted green: best epoch kept)", fontsize=10, y=1.04)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def freeze_plan(groups: Sequence[str], plan: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -121,7 +132,7 @@ def freeze_plan(groups: Sequence[str], plan: dict[str, Any], path: str | os.Path
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fine, dropped = set(plan.get("fine_tuned") or []), set(plan.get("dropped") or [])
     rates = plan.get("group_learning_rates") or {}
     kinds = ["dropped" if g in dropped else "fine-tuned" if g in fine else "frozen" for g in groups]
@@ -138,7 +149,7 @@ def freeze_plan(groups: Sequence[str], plan: dict[str, Any], path: str | os.Path
               frameon=False)
     fig.suptitle(f"Freeze plan: {plan.get('quadrant', '')} (input left, output right; the fine-tuned groups' "
                  "learning rates)", fontsize=10, y=1.12)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike) -> Path:
@@ -152,7 +163,7 @@ def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], pat
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     counts = np.asarray(counts, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
@@ -173,7 +184,7 @@ def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], pat
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_class_bars(per_class: dict[str, dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -186,7 +197,7 @@ def per_class_bars(per_class: dict[str, dict[str, Any]], path: str | os.PathLike
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(per_class)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) + 2), 3.2))
@@ -196,7 +207,7 @@ def per_class_bars(per_class: dict[str, dict[str, Any]], path: str | os.PathLike
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, ncol=3, loc="lower right")
     ax.set_title("Per-class precision, recall and F1", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_diagram(bins: Sequence[dict[str, Any]], ece: float | None, path: str | os.PathLike) -> Path:
@@ -210,7 +221,7 @@ def reliability_diagram(bins: Sequence[dict[str, Any]], ece: float | None, path:
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, counts) = plt.subplots(2, 1, figsize=(4.4, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     used = [b for b in bins if b["count"]]
     ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["accuracy"] for b in used],
@@ -225,7 +236,7 @@ def reliability_diagram(bins: Sequence[dict[str, Any]], ece: float | None, path:
     counts.set_xlabel("confidence")
     counts.set_ylabel("images")
     counts.set_xlim(0, 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str | os.PathLike, *,
@@ -247,7 +258,7 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str 
     """
     if not len(images):
         raise ValueError("no image to show")
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.25 * rows), squeeze=False)
@@ -258,7 +269,7 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str 
         ax.set_title(caption, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def layer_sparsity(sparsity: dict[str, float], targets: dict[str, float] | None, path: str | os.PathLike) -> Path:
@@ -272,7 +283,7 @@ def layer_sparsity(sparsity: dict[str, float], targets: dict[str, float] | None,
     Returns:
         ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(sparsity)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 3.2))
     ax.bar(range(len(names)), [sparsity[n] for n in names], color="#2f80ed", label="measured")
@@ -284,4 +295,36 @@ def layer_sparsity(sparsity: dict[str, float], targets: dict[str, float] | None,
     ax.set_ylabel("sparsity")
     ax.legend(fontsize=8)
     ax.set_title("Sparsity per pruned layer", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def trials(rows: Sequence[dict[str, Any]], objective: str, path: str | os.PathLike) -> Path:
+    """A search's trials: each trial's objective, the best so far, failed trials marked.
+
+    Args:
+        rows: ``trials.csv``'s rows (``status`` and the objective's column).
+        objective: ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
+        path: The PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    plt = pyplot()
+    maximise = objective == "val_accuracy"
+    xs = [i + 1 for i, r in enumerate(rows) if r[objective] is not None]
+    ys = [r[objective] for r in rows if r[objective] is not None]
+    best, running = [], None
+    for y in ys:
+        running = y if running is None else max(running, y) if maximise else min(running, y)
+        best.append(running)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, ys, "o", label="trial")
+    ax.step(xs, best, where="post", label="best so far")
+    failed = [i + 1 for i, r in enumerate(rows) if r["status"] != "COMPLETED"]
+    if failed:
+        ax.plot(failed, [min(ys, default=0)] * len(failed), "rx", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.set_title("transferkit tune: trial 1 is the planner's plan")
+    ax.legend()
+    return save_figure(fig, path)

@@ -30,6 +30,7 @@ from typing import Any
 from transferkit.config import SPACE_PRESETS, Recipe, TuneConfig, recipe_to_dict
 from transferkit.errors import MissingDependencyError, RecipeError, SearchError
 from transferkit.registry import REGISTRY, Registry
+from transferkit import plots
 from transferkit.report import report_quietly
 from transferkit.runs import atomic_write, check_folder
 
@@ -244,36 +245,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, text.getvalue())
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], objective: str) -> None:
-    """``trials.png``: each trial's objective, the best so far, failed trials marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    maximise = objective == "val_accuracy"
-    xs = [i + 1 for i, r in enumerate(rows) if r[objective] is not None]
-    ys = [r[objective] for r in rows if r[objective] is not None]
-    best, running = [], None
-    for y in ys:
-        running = y if running is None else max(running, y) if maximise else min(running, y)
-        best.append(running)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(xs, ys, "o", label="trial")
-    ax.step(xs, best, where="post", label="best so far")
-    failed = [i + 1 for i, r in enumerate(rows) if r["status"] != "COMPLETED"]
-    if failed:
-        ax.plot(failed, [min(ys, default=0)] * len(failed), "rx", label="failed")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
-    ax.set_title("transferkit tune: trial 1 is the planner's plan")
-    ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
-
-
 def _write_best_recipe(folder: Path, recipe: Recipe, trial: Any, objective: str) -> Path:
     import yaml
 
@@ -292,7 +263,7 @@ def _write_results(folder: Path, tuner: Any, hypermodel: Any, recipe: Recipe, *,
     config = recipe.tune
     rows = trial_rows(tuner.oracle, [h.name for h in hypermodel.space])
     _write_csv(folder / "trials.csv", rows)
-    _plot(folder / "trials.png", rows, config.objective)
+    plots.trials(rows, config.objective, folder / "trials.png")
     done = [r for r in rows if r["status"] == "COMPLETED" and r[config.objective] is not None]
     failed = [r for r in rows if r["status"] != "COMPLETED"]
     if not done:
