@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 # Run every notebook top to bottom on the real recipes and keep the outputs (about 25 minutes).
 notebooks: $(VENV)/.installed
 	cd notebooks && TRANSFERKIT_SMOKE=0 ../$(VENV)/bin/jupyter-execute --inplace --timeout=-1 *.ipynb
+	$(PY) tools/clean_notebook_logs.py notebooks/*.ipynb
 
 # Benchmarks: real runs, printed tables, JSON results (minutes, not a test).
 bench: $(VENV)/.installed

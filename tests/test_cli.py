@@ -101,8 +101,8 @@ def test_finetune_then_predict_end_to_end(sign_digits, tmp_path):
                 "--output", str(out), "--tensorboard", "-q")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Plan: small+" in done.stdout and "Overridden by you: unfreeze = 2" in done.stdout
-    assert {"report.html", "report.md", "MODEL_CARD.md", "top_losses.npz"} <= {p.name for p in out.iterdir()} \
-        or "No image was misclassified" in (out / "report.md").read_text()
+    assert {"report.html", "report.md", "MODEL_CARD.md"} <= {p.name for p in out.iterdir()}
+    assert "report.html, MODEL_CARD.md, plots/" in done.stdout
     assert {p.name for p in (out / "plots").iterdir()} >= {"learning_curves.png", "freeze_plan.png",
                                                            "validation_confusion.png"}
     (board,) = (out / "tensorboard").iterdir()  # one time-stamped folder per run: each stage, and the plan

@@ -72,7 +72,7 @@ def test_a_run_report_is_self_contained_and_embeds_every_plot(tmp_path):
     assert not re.search(r'(src|href)="https?:', html)  # nothing is fetched from the network
     assert written.warnings == [] and "Bias and variance" in html and "high variance" in html
     markdown = (folder / "report.md").read_text()
-    assert "![Learning" not in markdown and "(plots/learning_curves.png)" in markdown
+    assert "](plots/learning_curves.png)" in markdown and "- try more data" in markdown and "- - " not in markdown
     assert "| dog |" in markdown and "## Freeze plan" in markdown
 
 
@@ -162,3 +162,28 @@ def test_a_search_folder_reports_its_trials(tmp_path):
     html = (folder / "report.html").read_text()
     assert "transferkit search" in html and "0.005" in html and "COMPLETED" in html
     assert len(_img_sources(html)) == 1 and not (folder / "MODEL_CARD.md").exists()
+
+
+def test_class_names_are_shown_never_run_in_the_html_the_markdown_and_the_card(tmp_path):
+    folder = _run_folder(tmp_path / "run")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    odd = "<b>a|b</b>"
+    metrics["train_counts"] = {odd: 3, **{k: v for k, v in metrics["train_counts"].items() if k != "cat"}}
+    metrics["validation_scores"]["per_class"] = {odd: metrics["validation_scores"]["per_class"].pop("cat"),
+                                                 **metrics["validation_scores"]["per_class"]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    write_report(folder)
+    html = (folder / "report.html").read_text()
+    assert odd not in html and "&lt;b&gt;a|b&lt;/b&gt;" in html
+    for name in ("report.md", "MODEL_CARD.md"):
+        text = (folder / name).read_text()
+        assert odd not in text and "&lt;b&gt;a\\|b&lt;/b&gt;" in text, name
+
+
+def test_a_missing_evaluation_file_and_an_incomplete_run_are_clear_errors(tmp_path):
+    folder = _run_folder(tmp_path / "run")
+    with pytest.raises(ModelDirError, match="is not a file"):
+        write_report(folder, evaluation=tmp_path / "nowhere.json")
+    (folder / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5}))
+    with pytest.raises(ModelDirError, match="lacks backbone"):
+        write_report(folder)

@@ -26,7 +26,7 @@ from transferkit.data import ImageSet, make_dataset
 from transferkit.errors import RecipeError
 from transferkit.model import TransferModel, set_seed, unfreeze
 from transferkit.planner import FreezePlan
-from transferkit.plots import pyplot, save_figure
+from transferkit.plots import save_figure, subplots
 from transferkit.runs import atomic_write
 from transferkit.schedules import LR_RULES, smooth
 from transferkit.training import compile_stage, stage_model
@@ -186,10 +186,9 @@ def write_finding(output: str | os.PathLike, finding: RateFinding) -> list[Path]
     Returns:
         The two paths.
     """
-    plt = pyplot()
     folder = Path(output).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = subplots(figsize=(7, 4.5))
     axes.plot(finding.learning_rates, finding.raw_losses, color="0.8", linewidth=0.8, label="batch loss")
     axes.plot(finding.learning_rates, finding.losses, color="C0", label="smoothed loss")
     for k, (name, rate) in enumerate(finding.suggestions.items()):

@@ -37,8 +37,8 @@ from transferkit.runs import (HubExport, RunRecord, check_output, check_writable
 from transferkit.ensemble import snapshot_ensemble
 from transferkit.finder import auto_rates, found_rates
 from transferkit.report import TOP_LOSSES_FILE, report_quietly
-from transferkit.training import (Checkpoint, diagnose_run, model_head, open_board, run_hub_plan, run_plan,
-                                  score_validation, technique_records)
+from transferkit.training import (Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan,
+                                  score_validation, technique_records, tensorboard_logs)
 from transferkit.weights import WeightsSource
 
 __all__ = ["FineTuneResult", "Prepared", "prepare", "finetune", "plan"]
@@ -240,17 +240,16 @@ def finetune(
     previous_policy = keras.mixed_precision.global_policy()
     if prep.recipe.mixed_precision:
         keras.mixed_precision.set_global_policy(prep.recipe.mixed_precision)
-    board = open_board(prep.recipe)
     try:
         output = prep.recipe.output  # the fingerprint hashes every image: only a run folder needs it
         checkpoint = Checkpoint.open(output, fingerprint(prep.recipe, prep.images), overwrite=overwrite) if output else None
         run = _finetune_hub if isinstance(prep.spec, HubBackbone) else _finetune_registry
-        result, record, export = run(prep, verbose=verbose, callbacks=(*callbacks, *board), checkpoint=checkpoint)
+        with tensorboard_logs(prep.recipe) as board:
+            result, record, export = run(prep, verbose=verbose, callbacks=(*callbacks, *board), checkpoint=checkpoint)
+            for log_ in board:  # the plan as TensorBoard text, beside the stages' scalars
+                log_.write_text("plan", result.plan.explain())
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    for log_ in board:  # the plan as TensorBoard text, beside the stages' scalars
-        log_.write_text("plan", result.plan.explain())
-        log_.close()
     extras = _assess(result.trainable_model or result.model, prep, record)
     record.seconds_total = round(time.perf_counter() - started, 2)
     if export is not None:  # a Hub run also writes its self-contained SavedModel

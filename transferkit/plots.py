@@ -10,48 +10,46 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["save_figure", "pyplot", "stage_spans", "trials", "learning_curves", "freeze_plan", "confusion_matrix", "per_class_bars", "reliability_diagram",
+__all__ = ["subplots", "save_figure", "stage_spans", "trials", "learning_curves", "freeze_plan", "confusion_matrix", "per_class_bars", "reliability_diagram",
            "image_grid", "layer_sparsity"]
 
 #: Colours of the plan's three kinds of group.
 GROUP_COLOURS = {"frozen": "#9aa5b1", "fine-tuned": "#2f80ed", "dropped": "#f2c94c"}
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (a notebook's inline backend is left alone)."""
-    import matplotlib
+def subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``(figure, axes)`` like ``pyplot.subplots``, on a figure of its own: no pyplot, no backend switch.
 
-    if "matplotlib.pyplot" not in sys.modules:  # no display needed; a backend already chosen stays
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A notebook's inline backend and the user's own pyplot state are left
+    alone, and a figure that is never saved is simply garbage collected.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    figure = Figure(figsize=kwargs.pop("figsize", None))
+    return figure, figure.subplots(*args, **kwargs)
 
 
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:
-    """Write a matplotlib figure to ``path`` through a temporary name (never half a file), then close it.
+    """Write a matplotlib figure to ``path`` through a temporary name (never half a file).
 
     Args:
-        fig: The figure.
+        fig: The figure (from :func:`subplots`).
         path: The PNG to write.
 
     Returns:
         ``path``.
     """
-    plt = pyplot()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         if tmp.exists():
             tmp.unlink()
     return path
@@ -96,11 +94,10 @@ def learning_curves(history: Sequence[dict[str, Any]], stages: Sequence[dict[str
     """
     if not history:
         raise ValueError("no epochs in history.csv")
-    plt = pyplot()
     steps, spans = stage_spans(history)
     keys = history[0].keys()
     panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in keys else []) + [("lr", "learning rate")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    fig, axes = subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     best = {s["name"]: s.get("best_epoch") for s in stages}
     for ax, (key, title) in zip(axes, panels):
         ax.plot(steps, _column(history, key), label="train" if key != "lr" else "rate", color="#2f80ed")
@@ -132,11 +129,12 @@ def freeze_plan(groups: Sequence[str], plan: dict[str, Any], path: str | os.Path
     Returns:
         ``path``.
     """
-    plt = pyplot()
     fine, dropped = set(plan.get("fine_tuned") or []), set(plan.get("dropped") or [])
     rates = plan.get("group_learning_rates") or {}
+    from matplotlib.patches import Rectangle
+
     kinds = ["dropped" if g in dropped else "fine-tuned" if g in fine else "frozen" for g in groups]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(groups) + 1.5), 2.6))
+    fig, ax = subplots(figsize=(max(6.0, 0.42 * len(groups) + 1.5), 2.6))
     for i, (group, kind) in enumerate(zip(groups, kinds)):
         ax.bar(i, 1.0, color=GROUP_COLOURS[kind], edgecolor="white")
         label = f"{rates[group]:.1e}" if group in rates and kind == "fine-tuned" else ""
@@ -144,7 +142,7 @@ def freeze_plan(groups: Sequence[str], plan: dict[str, Any], path: str | os.Path
     ax.set_xticks(range(len(groups)), list(groups), rotation=60, ha="right", fontsize=8)
     ax.set_yticks([])
     ax.set_xlim(-0.6, len(groups) - 0.4)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in GROUP_COLOURS.values()]
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in GROUP_COLOURS.values()]
     ax.legend(handles, list(GROUP_COLOURS), ncol=3, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0),
               frameon=False)
     fig.suptitle(f"Freeze plan: {plan.get('quadrant', '')} (input left, output right; the fine-tuned groups' "
@@ -163,13 +161,12 @@ def confusion_matrix(counts: Sequence[Sequence[int]], labels: Sequence[str], pat
     Returns:
         ``path``.
     """
-    plt = pyplot()
     counts = np.asarray(counts, dtype=np.float64)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     n = len(labels)
     side = min(6.0, 2.2 + 0.35 * n)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    fig, axes = subplots(1, 2, figsize=(2 * side + 1, side))
     for ax, values, title, fmt in ((axes[0], normalised, "normalised (rows sum to 1)", "{:.2f}"),
                                    (axes[1], counts, "counts", "{:.0f}")):
         ax.imshow(values, cmap="Blues", vmin=0)
@@ -197,10 +194,9 @@ def per_class_bars(per_class: dict[str, dict[str, Any]], path: str | os.PathLike
     Returns:
         ``path``.
     """
-    plt = pyplot()
     names = list(per_class)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) + 2), 3.2))
+    fig, ax = subplots(figsize=(max(6.0, 0.5 * len(names) + 2), 3.2))
     for offset, metric, colour in ((-0.27, "precision", "#2f80ed"), (0, "recall", "#eb5757"), (0.27, "f1", "#27ae60")):
         ax.bar(x + offset, [per_class[n][metric] for n in names], width=0.27, label=metric, color=colour)
     ax.set_xticks(x, names, rotation=60 if len(names) > 12 else 0, fontsize=8)
@@ -221,8 +217,7 @@ def reliability_diagram(bins: Sequence[dict[str, Any]], ece: float | None, path:
     Returns:
         ``path``.
     """
-    plt = pyplot()
-    fig, (ax, counts) = plt.subplots(2, 1, figsize=(4.4, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, counts) = subplots(2, 1, figsize=(4.4, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     used = [b for b in bins if b["count"]]
     ax.bar([(b["low"] + b["high"]) / 2 for b in used], [b["accuracy"] for b in used],
            width=[b["high"] - b["low"] for b in used], edgecolor="white", color="#2f80ed", label="accuracy")
@@ -258,10 +253,9 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str 
     """
     if not len(images):
         raise ValueError("no image to show")
-    plt = pyplot()
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.25 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(1.9 * columns, 2.25 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, caption in zip(axes.ravel(), images, captions):
@@ -283,9 +277,8 @@ def layer_sparsity(sparsity: dict[str, float], targets: dict[str, float] | None,
     Returns:
         ``path``.
     """
-    plt = pyplot()
     names = list(sparsity)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 3.2))
+    fig, ax = subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 3.2))
     ax.bar(range(len(names)), [sparsity[n] for n in names], color="#2f80ed", label="measured")
     if targets:
         ax.scatter(range(len(names)), [targets.get(n, math.nan) for n in names], color="#eb5757", marker="_",
@@ -309,7 +302,6 @@ def trials(rows: Sequence[dict[str, Any]], objective: str, path: str | os.PathLi
     Returns:
         ``path``.
     """
-    plt = pyplot()
     maximise = objective == "val_accuracy"
     xs = [i + 1 for i, r in enumerate(rows) if r[objective] is not None]
     ys = [r[objective] for r in rows if r[objective] is not None]
@@ -317,7 +309,7 @@ def trials(rows: Sequence[dict[str, Any]], objective: str, path: str | os.PathLi
     for y in ys:
         running = y if running is None else max(running, y) if maximise else min(running, y)
         best.append(running)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     ax.plot(xs, ys, "o", label="trial")
     ax.step(xs, best, where="post", label="best so far")
     failed = [i + 1 for i, r in enumerate(rows) if r["status"] != "COMPLETED"]

@@ -46,7 +46,7 @@ from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
 from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, save_run, versions
 from transferkit.report import TOP_LOSSES_FILE, report_quietly
-from transferkit.training import Checkpoint, diagnose_run, fit_stage, logged_accuracy, open_board, score_validation
+from transferkit.training import Checkpoint, diagnose_run, fit_stage, logged_accuracy, score_validation, tensorboard_logs
 from transferkit.weights import sha256_of
 
 __all__ = [
@@ -548,13 +548,11 @@ def prune(
         key = hashlib.sha256(f"{fingerprint(pruned_recipe, images)}:{source}".encode()).hexdigest()  # which model too
         checkpoint = Checkpoint.open(output, key, overwrite=overwrite)
     before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
-    board = open_board(pruned_recipe.replace(tensorboard=tensorboard))
-    if board and config.summaries is None:
-        config = dataclasses.replace(config, summaries=os.path.join(board[0].log_dir, "sparsity"))
-    result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
-                            verbose=verbose, checkpoint=checkpoint, history=before, callbacks=(*callbacks, *board))
-    for log_ in board:
-        log_.close()
+    with tensorboard_logs(pruned_recipe.replace(tensorboard=tensorboard)) as board:
+        if board and config.summaries is None:
+            config = dataclasses.replace(config, summaries=os.path.join(board[0].log_dir, "sparsity"))
+        result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
+                                verbose=verbose, checkpoint=checkpoint, history=before, callbacks=(*callbacks, *board))
     result.history = before + result.history
     record, extras = _pruned_record(run_metrics, result, str(Path(run_dir).resolve()), transfer, images, recipe)
     result.metrics = record.to_dict()
@@ -573,10 +571,12 @@ def _pruned_record(run_metrics: dict[str, Any], result: PruneResult, source: str
     record.val_accuracy, record.val_loss = result.metrics["val_accuracy_after"], result.metrics["val_loss_after"]
     record.pruning, record.source_run = result.metrics, source
     record.seconds_total, record.versions = result.metrics["seconds"], versions()
-    record.diagnosis = record.validation_scores = None  # the source run's are not the pruned model's
+    # the source run's scores, diagnosis and techniques are not the pruned model's (its stages stay: its history)
+    record.diagnosis = record.validation_scores = record.tta = record.ema = record.snapshots = None
     if record.task not in ("multiclass", "binary"):
         return record, {}
     compile_model(transfer.model, transfer.task)
     record.diagnosis = diagnose_run(result.model, images, record, recipe)
-    record.validation_scores, top_losses = score_validation(result.model, images, batch_size=max(64, recipe.batch_size))
+    record.validation_scores, top_losses = score_validation(result.model, images,
+                                                            batch_size=max(64, recipe.batch_size))
     return record, {TOP_LOSSES_FILE: top_losses} if top_losses else {}

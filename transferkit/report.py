@@ -28,7 +28,7 @@ import numpy as np
 from transferkit import plots
 from transferkit.diagnosis import Diagnosis
 from transferkit.errors import ModelDirError
-from transferkit.runs import atomic_write
+from transferkit.runs import RunRecord, atomic_write
 
 __all__ = ["Block", "Section", "ReportResult", "write_report", "model_card", "TOP_LOSSES_FILE"]
 
@@ -148,6 +148,9 @@ def _training(folder: Path, metrics: dict[str, Any], figures: _Figures) -> list[
              s.get("feature_cache", "–"), "yes" if s.get("kept") else "no (reverted)") for s in stages]
     blocks.append(Block("table", headers=("stage", "epochs", "best epoch", "val accuracy", "val loss", "rate",
                                           "trainable params", "feature cache", "kept"), rows=rows))
+    if metrics.get("source_run"):
+        blocks.insert(0, Block("p", text=f"Pruned from {metrics['source_run']}: the curves are the pruning epochs; "
+                                         "the stage table is the source run's training."))
     sections = [Section("Training", blocks)]
     plan = metrics.get("plan")
     if plan and metrics.get("layer_groups"):
@@ -229,7 +232,8 @@ def _extras(metrics: dict[str, Any], figures: _Figures) -> list[Section]:
     sections = []
     if metrics.get("diagnosis"):
         text = Diagnosis(**metrics["diagnosis"]).explain().splitlines()
-        sections.append(Section("Bias and variance", [Block("p", text=text[0]), Block("ul", items=text[1:])]))
+        remedies = [line.removeprefix("- ") for line in text[1:]]
+        sections.append(Section("Bias and variance", [Block("p", text=text[0]), Block("ul", items=remedies)]))
     techniques = [(name, ", ".join(f"{k} {_fmt(v)}" for k, v in metrics[name].items() if not isinstance(v, (list, dict))))
                   for name in ("ema", "tta", "snapshots") if metrics.get(name)]
     if metrics.get("lr_find"):
@@ -272,13 +276,19 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
 
     recipe = recipe or {}
     plan = metrics.get("plan") or {}
+    task = metrics.get("task", "multiclass")
     results = [{"type": "accuracy", "value": metrics.get("val_accuracy"), "name": "validation accuracy"}]
     if evaluation:
         results.append({"type": "accuracy", "value": evaluation.get("accuracy"), "name": "test accuracy"})
-    meta = {"library_name": "keras", "pipeline_tag": "image-classification",
-            "tags": ["transferkit", "transfer-learning", metrics["backbone"]],
-            "model-index": [{"name": f"transferkit-{metrics['backbone']}",
-                             "results": [{"task": {"type": "image-classification"}, "metrics": results}]}]}
+    results = [r for r in results if r["value"] is not None]
+    meta = {"library_name": "keras", "tags": ["transferkit", "transfer-learning", metrics["backbone"], task]}
+    if task in ("multiclass", "binary", "multilabel"):
+        meta["pipeline_tag"] = "image-classification"
+    if results:
+        meta["model-index"] = [{"name": f"transferkit-{metrics['backbone']}",
+                                "results": [{"task": {"type": "image-classification"}, "metrics": results}]}]
+    output = {"multiclass": "one probability per class (they sum to 1)", "binary": "the probability of the second class",
+              "multilabel": "one independent probability per class"}.get(task, "the predicted values")
     counts = metrics.get("train_counts") or {}
     versions = metrics.get("versions") or {}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
@@ -287,7 +297,7 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
              f"- Architecture: ImageNet-pretrained `{metrics['backbone']}` {metrics.get('variant') or ''}, "
              f"cut after `{plan.get('cut') or 'its last group'}`, head {json.dumps(plan.get('head'))}.",
              f"- Input: {metrics['image_size']}×{metrics['image_size']} RGB, raw pixels 0–255 (the model "
-             "preprocesses them itself). Output: one probability per class.",
+             f"preprocesses them itself). Output: {output}.",
              f"- Weights: {metrics.get('weights_source') or (metrics.get('hub') or {}).get('handle', '–')}.",
              f"- Training plan: {plan.get('quadrant', '–')}; {len(plan.get('fine_tuned') or [])} groups fine-tuned, "
              f"{len(plan.get('frozen') or [])} frozen, {len(plan.get('dropped') or [])} dropped. Seed {metrics.get('seed')}.",
@@ -300,9 +310,9 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
              "", "## Training data", "",
              f"From `{recipe.get('data', '–')}`: {sum(counts.values())} training images, validation "
              f"{metrics.get('validation')}.", "", "| class | training images |", "|---|---|",
-             *[f"| {name} | {count} |" for name, count in counts.items()], "",
+             *[md_row((name, count)) for name, count in counts.items()], "",
              "## Evaluation", "", "| metric | value |", "|---|---|",
-             *[f"| {r['name']} | {_fmt(r['value'])} |" for r in results]]
+             *[md_row((r["name"], _fmt(r["value"]))) for r in results]]
     if evaluation:
         lines.append(f"| test macro F1 | {_fmt((evaluation.get('macro') or {}).get('f1'))} |")
         lines.append(f"| test expected calibration error | {_fmt(evaluation.get('ece'))} |")
@@ -346,24 +356,33 @@ def _number(text: str) -> Any:
         return text
 
 
+def md_text(value: Any) -> str:
+    """Text for Markdown: HTML's ``<``, ``>`` and ``&`` escaped (a class name is shown, never run as HTML)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_row(cells: Sequence[Any]) -> str:
+    """A Markdown table row: each cell escaped, its ``|`` and line breaks made harmless."""
+    return "| " + " | ".join(md_text(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
 def render_markdown(title: str, sections: Sequence[Section]) -> str:
     """The report as Markdown (images as relative links)."""
-    lines = [f"# {title}", ""]
+    lines = [f"# {md_text(title)}", ""]
     for section in sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {md_text(section.title)}", ""]
         for block in section.blocks:
             if block.kind == "p":
-                lines += [block.text, ""]
+                lines += [md_text(block.text), ""]
             elif block.kind == "pre":
                 lines += ["```", block.text, "```", ""]
             elif block.kind == "ul":
-                lines += [f"- {item}" for item in block.items] + [""]
+                lines += [f"- {md_text(item)}" for item in block.items] + [""]
             elif block.kind == "img":
-                lines += [f"![{block.text}]({block.image})", ""]
+                lines += [f"![{md_text(block.text)}]({block.image})", ""]
             elif block.kind == "table":
-                cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |"  # noqa: E731
-                lines += [cells(block.headers), "|" + "---|" * len(block.headers),
-                          *[cells(row) for row in block.rows], ""]
+                lines += [md_row(block.headers), "|" + "---|" * len(block.headers),
+                          *[md_row(row) for row in block.rows], ""]
     return "\n".join(lines)
 
 
@@ -404,16 +423,27 @@ pre { background: #f5f7fa; padding: .6em; white-space: pre-wrap; }
 """
 
 
-def render_html(title: str, sections: Sequence[Section], folder: Path) -> str:
-    """The report as one self-contained HTML page: each image read from ``folder`` and inlined as a data URI."""
+def render_html(title: str, sections: Sequence[Section], folder: Path, plots_dir: Path | None = None) -> str:
+    """The report as one self-contained HTML page, every image inlined as a ``data:`` URI.
+
+    Args:
+        title: The page's title.
+        sections: Its sections.
+        folder: The folder the images' paths are relative to.
+        plots_dir: Where ``plots/...`` images are read from instead (the freshly drawn, not yet swapped in).
+
+    Returns:
+        The page.
+    """
     import jinja2
 
     images = {}
     for section in sections:
         for block in section.blocks:
             if block.kind == "img":
-                data = base64.b64encode((folder / block.image).read_bytes()).decode("ascii")
-                images[block.image] = f"data:image/png;base64,{data}"
+                path = (plots_dir / Path(block.image).name if plots_dir is not None and block.image.startswith("plots/")
+                        else folder / block.image)
+                images[block.image] = f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
     environment = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
     return environment.from_string(_HTML).render(title=title, sections=sections, images=images)
 
@@ -433,6 +463,10 @@ def write_report(folder: str | os.PathLike, *, evaluation: str | os.PathLike | N
                  output: str | os.PathLike | None = None) -> ReportResult:
     """Write ``report.html``, ``report.md``, ``MODEL_CARD.md`` and ``plots/`` for a run or search folder.
 
+    The plots are drawn into a hidden temporary folder and every page is
+    rendered before anything is replaced; then ``plots/`` is swapped in and
+    each page written atomically.
+
     Args:
         folder: A finished run (``metrics.json``) or search (``tune.json``) folder.
         evaluation: An ``evaluation.json`` to include; defaults to the folder's own, if any.
@@ -442,8 +476,41 @@ def write_report(folder: str | os.PathLike, *, evaluation: str | os.PathLike | N
         The :class:`ReportResult`.
 
     Raises:
-        ModelDirError: For a folder that is neither, or a damaged JSON file in it.
+        ModelDirError: For a folder that is neither, a damaged or incomplete file in it, or an
+            ``evaluation`` file that does not exist.
     """
+    folder, tuned, metrics, evaluation_data, recipe = _read_folder(folder, evaluation)
+    target = Path(output).expanduser() if output is not None else folder
+    target.mkdir(parents=True, exist_ok=True)
+    for leftover in target.glob(".plots*"):  # of a report killed midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".plots.", dir=target))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make plots/ private
+    figures, card = _Figures(tmp), None
+    try:
+        if tuned is not None:
+            title, sections = f"transferkit search: {folder.resolve().name}", _tune_sections(folder, tuned, figures)
+        else:
+            title = f"transferkit run: {folder.resolve().name}"
+            sections = _run_sections(folder, metrics, evaluation_data, figures)
+            card = model_card(metrics, evaluation_data, recipe)
+            sections.append(Section("Model card", [Block("p", text="Also written as MODEL_CARD.md."),
+                                                   Block("pre", text=card.split("---", 2)[-1].strip())]))
+        pages = {"report.md": render_markdown(title, sections),
+                 "report.html": render_html(title, sections, folder, plots_dir=tmp)}
+        if card is not None:
+            pages["MODEL_CARD.md"] = card
+        _swap_plots(target, tmp)
+        for name, text in pages.items():
+            atomic_write(target / name, text)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = [str(target / "plots" / name) for name in figures.made] + [str(target / name) for name in pages]
+    return ReportResult(str(target), files, figures.warnings)
+
+
+def _read_folder(folder: str | os.PathLike, evaluation: str | os.PathLike | None) -> tuple[Path, Any, Any, Any, Any]:
+    """The folder, its ``tune.json``, ``metrics.json``, evaluation and recipe, each checked."""
     import yaml
 
     folder = Path(folder).expanduser()
@@ -454,33 +521,20 @@ def write_report(folder: str | os.PathLike, *, evaluation: str | os.PathLike | N
     if tuned is None and metrics is None:
         raise ModelDirError(f"{str(folder)!r} holds no metrics.json or tune.json: not a finished transferkit run or "
                             "search. Give the folder that finetune, prune or tune wrote (--output).")
-    evaluation_data = _read_json(Path(evaluation) if evaluation else folder / "evaluation.json")
-    target = Path(output).expanduser() if output is not None else folder
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".plots.", dir=target))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make plots/ private
-    figures = _Figures(tmp)
-    try:
-        if tuned is not None:
-            title, sections = f"transferkit search: {folder.resolve().name}", _tune_sections(folder, tuned, figures)
-        else:
-            title = f"transferkit run: {folder.resolve().name}"
-            sections = _run_sections(folder, metrics, evaluation_data, figures)
-            recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
-            card = model_card(metrics, evaluation_data, recipe)
-            sections.append(Section("Model card", [Block("p", text="Also written as MODEL_CARD.md."),
-                                                   Block("pre", text=card.split("---", 2)[-1].strip())]))
-        _swap_plots(target, tmp)
-        files = [str(target / "plots" / name) for name in figures.made]
-        atomic_write(target / "report.md", render_markdown(title, sections))
-        atomic_write(target / "report.html", render_html(title, sections, target))
-        files += [str(target / "report.md"), str(target / "report.html")]
-        if tuned is None:
-            atomic_write(target / "MODEL_CARD.md", card)
-            files.append(str(target / "MODEL_CARD.md"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return ReportResult(str(target), files, figures.warnings)
+    if tuned is None:
+        RunRecord.from_dict(metrics)  # the fields every report needs, or one clear error
+    if evaluation is not None and not Path(evaluation).expanduser().is_file():
+        raise ModelDirError(f"--evaluation {str(evaluation)!r} is not a file. Give the evaluation.json that "
+                            "`transferkit evaluate` wrote.")
+    evaluation_data = _read_json(Path(evaluation).expanduser() if evaluation else folder / "evaluation.json")
+    recipe = {}
+    if (folder / "recipe.yaml").is_file():
+        try:
+            recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ModelDirError(f"{str(folder / 'recipe.yaml')!r} is not valid YAML ({str(error)[:160]}): the run "
+                                "folder is damaged.") from None
+    return folder, tuned, metrics, evaluation_data, recipe
 
 
 def _swap_plots(folder: Path, tmp: Path) -> None:
@@ -490,7 +544,6 @@ def _swap_plots(folder: Path, tmp: Path) -> None:
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
-    tmp.mkdir()  # so the caller's cleanup has its folder
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -376,7 +376,8 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
         recipe: ``recipe.yaml``.
         tflite: ``model.tflite``'s bytes, if any.
         overwrite: Whether a finished run in ``output`` may be replaced.
-        extras: Other files of :data:`RUN_FILES` by name (``top_losses.npz``), written before ``metrics.json``.
+        extras: Other files by name (``top_losses.npz``, any of :data:`RUN_FILES` but the ones
+            this function writes itself), written before ``metrics.json``.
 
     Returns:
         The folder.
@@ -385,6 +386,7 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
         RecipeError: When the recipe or metrics hold a value that YAML/JSON
             cannot represent (nothing is written then).
         RunExistsError: As :func:`check_output`.
+        ValueError: For an ``extras`` name that is not a run file, or one this function writes.
         OSError: When writing fails (the folder is as it was before).
     """
     import yaml
@@ -401,7 +403,8 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
     extras = dict(extras or {})
     if tflite is not None:
         extras["model.tflite"] = tflite
-    unknown = sorted(set(extras) - RUN_FILES)
+    unknown = sorted(set(extras) - (RUN_FILES - {"model.keras", "metrics.json", "history.csv", "recipe.yaml",
+                                                  "saved_model", "plots"}))
     if unknown:
         raise ValueError(f"save_run: {unknown} are not run files ({sorted(RUN_FILES)})")
     folder = Path(output).expanduser()
@@ -420,8 +423,8 @@ def save_run(output: str | os.PathLike, *, model: Any, record: RunRecord, histor
             os.replace(aside / path.name, path)
         shutil.rmtree(aside, ignore_errors=True)
         raise
-    for path in folder.iterdir():  # the old run, leftovers of killed saves, and the resume state
-        if path.name.startswith((".old-", STATE_DIR)):
+    for path in folder.iterdir():  # the old run, leftovers of killed saves and reports, and the resume state
+        if path.name.startswith((".old-", STATE_DIR, ".plots")):
             shutil.rmtree(path, ignore_errors=True)
     return folder
 
@@ -657,10 +660,20 @@ def load_state(output: str | os.PathLike | None) -> tuple[RunState, dict[str, li
 
 
 def fingerprint(recipe: Recipe, images: ImageSet) -> str:
-    """Hash of the recipe (without ``output``) and the decoded images and labels."""
+    """Hash of the recipe and the decoded images and labels.
+
+    Settings that do not change what is trained are left out: ``output``
+    and ``tensorboard`` (a resumed run may add or drop its logs); so is
+    ``max_per_class`` when unset, so runs started before it existed keep
+    their key (when set, the images it sampled are hashed anyway).
+    """
     import hashlib
 
-    digest = hashlib.sha256(json.dumps({**recipe_to_dict(recipe), "output": None}, sort_keys=True).encode())
+    settings = {**recipe_to_dict(recipe), "output": None}
+    settings.pop("tensorboard", None)
+    if settings.get("max_per_class") is None:
+        settings.pop("max_per_class", None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for array in (images.x_train, images.y_train, images.x_val, images.y_val):
         digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
     digest.update(json.dumps(list(images.class_names)).encode())

@@ -109,11 +109,20 @@ class _Progress:
     def _build_and_fit_model(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs["callbacks"] = [c for c in kwargs.get("callbacks", [])
                                if type(c).__name__ != "SaveBestEpoch"]
+        board = None
         if self.board is not None:  # --tensorboard: each trial's stages in their own folders
             from transferkit.callbacks import TensorBoardLog
 
-            kwargs["callbacks"].append(TensorBoardLog(self.board / f"trial_{trial.trial_id}"))
-        return super()._build_and_fit_model(trial, *args, **kwargs)
+            folder = self.board / f"trial_{trial.trial_id}"
+            if folder.exists():  # a trial run again (a resumed search, Hyperband): its own folder, never mixed
+                folder = folder.with_name(f"{folder.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            board = TensorBoardLog(folder)
+            kwargs["callbacks"].append(board)
+        try:
+            return super()._build_and_fit_model(trial, *args, **kwargs)
+        finally:
+            if board is not None:
+                board.close()
 
     def on_trial_end(self, trial: Any) -> None:
         super().on_trial_end(trial)

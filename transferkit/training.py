@@ -21,11 +21,12 @@ each stage seeds once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -452,25 +453,37 @@ def train_accuracy(model: Any, x: Any, y: Any, *, batch_size: int) -> float | No
     return logged_accuracy(model.evaluate(make_dataset(x, y, batch_size=batch_size), verbose=0, return_dict=True))
 
 
-def open_board(recipe: Recipe) -> list[Any]:
-    """``[TensorBoardLog]`` into ``OUTPUT/tensorboard/<date-time>`` when ``recipe.tensorboard``, else ``[]``.
+@contextlib.contextmanager
+def tensorboard_logs(recipe: Recipe) -> Iterator[list[Any]]:
+    """The TensorBoard callback of a run, as a list to splat into its callbacks; closed on leaving.
 
     Each run (a resumed one too) gets its own time-stamped folder, so runs in
     one output folder sit side by side in TensorBoard, never mixed.
+
+    Args:
+        recipe: ``tensorboard`` and ``output``.
+
+    Yields:
+        ``[TensorBoardLog(OUTPUT/tensorboard/<date-time>)]`` when
+        ``recipe.tensorboard`` and an output folder are set, else ``[]``.
     """
-    if not recipe.tensorboard or not recipe.output:
-        return []
-    from pathlib import Path
+    board = []
+    if recipe.tensorboard and recipe.output:
+        from pathlib import Path
 
-    from transferkit.callbacks import TensorBoardLog
-    from transferkit.runs import TENSORBOARD_DIR
+        from transferkit.callbacks import TensorBoardLog
+        from transferkit.runs import TENSORBOARD_DIR
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return [TensorBoardLog(Path(recipe.output).expanduser() / TENSORBOARD_DIR / stamp)]
+        board.append(TensorBoardLog(Path(recipe.output).expanduser() / TENSORBOARD_DIR / time.strftime("%Y%m%d-%H%M%S")))
+    try:
+        yield board
+    finally:
+        for log_ in board:
+            log_.close()
 
 
 def score_validation(model: Any, images: ImageSet, *, batch_size: int,
-                     keep: int = 18) -> tuple[dict[str, Any], bytes | None]:
+                     keep: int = 18) -> tuple[dict[str, Any] | None, bytes | None]:
     """The classification scores of a trained classifier on its validation split, and its top losses.
 
     Args:
@@ -483,15 +496,21 @@ def score_validation(model: Any, images: ImageSet, *, batch_size: int,
         :func:`~transferkit.scores.classification_scores` (each listed error
         has its ``index`` in the validation split), and ``top_losses.npz``'s
         bytes (those images, ``uint8``), or ``None`` when none was wrong.
+        ``(None, None)`` when the outputs do not fit the classes (a warning
+        says why): the run is saved without them.
     """
     import io
 
     from transferkit.ensemble import predict_views
     from transferkit.scores import classification_scores
 
-    probabilities = predict_views(model, images.x_val.astype(np.float32), 1, batch_size=batch_size)
+    probabilities = predict_views(model, images.x_val, 1, batch_size=batch_size)  # batch by batch: no float copy
     index = [str(i) for i in range(len(images.y_val))]
-    scores = classification_scores(probabilities, images.y_val, images.class_names, worst=keep, paths=index)
+    try:
+        scores = classification_scores(probabilities, images.y_val, images.class_names, worst=keep, paths=index)
+    except ValueError as error:  # outputs that do not fit the classes: the run is saved, without the scores
+        log.warning("The validation split could not be scored for the report (%s).", error)
+        return None, None
     for error in scores["most_confident_errors"]:
         error["index"] = int(error.pop("path"))
     if not scores["most_confident_errors"]:

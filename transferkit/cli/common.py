@@ -208,3 +208,9 @@ def quiet_native_logs():
         thread.join(timeout=5)
         if not thread.is_alive():
             os.close(saved)
+
+
+def report_files(folder: str) -> str:
+    """``", report.html, MODEL_CARD.md, plots/"``: the report's files that ``folder`` holds (a failed report: none)."""
+    return "".join(f", {name}" for name in ("report.html", "MODEL_CARD.md", "plots/")
+                   if os.path.exists(os.path.join(folder, name.rstrip("/"))))

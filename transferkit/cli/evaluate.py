@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_command, print_table
+from transferkit.cli.common import add_command, print_table, report_files
 
 __all__ = ["register", "run"]
 
@@ -47,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows)
     for error in found["most_confident_errors"][:5]:
         print(f"wrong: {error['path']}: {error['true']} read as {error['predicted']} ({error['probability']:.3f})")
-    print(f"wrote {os.path.join(args.output or args.run_dir, 'evaluation.json')}, report.html, MODEL_CARD.md, plots/")
+    print(f"wrote {os.path.join(args.output or args.run_dir, 'evaluation.json')}{report_files(args.output or args.run_dir)}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_command, add_data_options, recipe_from_args
+from transferkit.cli.common import add_command, add_data_options, recipe_from_args, report_files
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run", "technique_lines"]
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(Diagnosis(**{**metrics["diagnosis"], "remedies": tuple(metrics["diagnosis"]["remedies"])}).explain())
     extra = ", saved_model/" if "saved_model" in metrics else ", model.tflite" if "sparsity" in metrics else ""
-    print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml, report.html, MODEL_CARD.md, plots/")
+    print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml"
+          f"{report_files(result.output)}")
     return 0
 
 

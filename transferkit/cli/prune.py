@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_command
+from transferkit.cli.common import add_command, report_files
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run"]
@@ -72,5 +72,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"val_accuracy {m['val_accuracy_before']} -> {m['val_accuracy_after']}")
     for key in ("keras", "keras_gzip", "tflite", "tflite_gzip"):
         print(f"{key:12s} {before[key]:>10,d} -> {after[key]:>10,d} bytes ({before[key] / after[key]:.2f}x smaller)")
-    print(f"wrote {os.path.join(args.output, 'model.keras')}, model.tflite, metrics.json, history.csv, recipe.yaml, report.html, MODEL_CARD.md, plots/")
+    print(f"wrote {os.path.join(args.output, 'model.keras')}, model.tflite, metrics.json, history.csv, recipe.yaml"
+          f"{report_files(args.output)}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 
-from transferkit.cli.common import add_command, add_data_options, print_table, recipe_from_args
+from transferkit.cli.common import add_command, add_data_options, print_table, recipe_from_args, report_files
 from transferkit.config import OBJECTIVES, TUNERS, TuneConfig
 
 __all__ = ["register", "run"]
@@ -78,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['trials_per_minute']} trials per minute; best: trial {best['trial']}, {objective} "
           f"{best[objective]:.4f} (the first trial is the planner's plan)")
     print(f"best trial retrained into best/: val_accuracy {summary['best_run']['val_accuracy']}")
-    print(f"wrote {os.path.join(result.output, 'trials.csv')}, trials.png, best_recipe.yaml, best/, tune.json, report.html")
+    print(f"wrote {os.path.join(result.output, 'trials.csv')}, trials.png, best_recipe.yaml, best/, tune.json"
+          f"{report_files(result.output)}")
     return 0
