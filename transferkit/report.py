@@ -42,7 +42,8 @@ TOP_LOSSES = 18
 
 @dataclass
 class Block:
-    """One element of a section: ``p`` (text), ``ul`` (items), ``table`` (headers, rows), ``img``, ``pre``."""
+    """One element of a section: ``p`` (text), ``ul`` (items), ``table`` (headers, rows), ``img``, ``pre``,
+    ``md`` (Markdown whose own text is already escaped: the model card)."""
 
     kind: str
     text: str = ""
@@ -291,14 +292,16 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
               "multilabel": "one independent probability per class"}.get(task, "the predicted values")
     counts = metrics.get("train_counts") or {}
     versions = metrics.get("versions") or {}
+    cut = f"cut after `{plan['cut']}`" if plan.get("cut") else "the whole backbone (not cut)"
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# Model card: {metrics['backbone']} fine-tuned with transferkit", "",
              "## Model details", "",
-             f"- Architecture: ImageNet-pretrained `{metrics['backbone']}` {metrics.get('variant') or ''}, "
-             f"cut after `{plan.get('cut') or 'its last group'}`, head {json.dumps(plan.get('head'))}.",
+             f"- Architecture: ImageNet-pretrained `{metrics['backbone']}` {md_text(metrics.get('variant') or '')}, "
+             f"{cut}, "
+             f"head `{json.dumps(plan.get('head'))}`.",
              f"- Input: {metrics['image_size']}×{metrics['image_size']} RGB, raw pixels 0–255 (the model "
              f"preprocesses them itself). Output: {output}.",
-             f"- Weights: {metrics.get('weights_source') or (metrics.get('hub') or {}).get('handle', '–')}.",
+             f"- Weights: {md_text(metrics.get('weights_source') or (metrics.get('hub') or {}).get('handle', '–'))}.",
              f"- Training plan: {plan.get('quadrant', '–')}; {len(plan.get('fine_tuned') or [])} groups fine-tuned, "
              f"{len(plan.get('frozen') or [])} frozen, {len(plan.get('dropped') or [])} dropped. Seed {metrics.get('seed')}.",
              "", "## Intended uses and limitations", "",
@@ -366,6 +369,11 @@ def md_row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(md_text(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
 
+def _demoted(markdown: str) -> str:
+    """Markdown with every heading one level down (a model card inside a report section)."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
 def render_markdown(title: str, sections: Sequence[Section]) -> str:
     """The report as Markdown (images as relative links)."""
     lines = [f"# {md_text(title)}", ""]
@@ -376,6 +384,8 @@ def render_markdown(title: str, sections: Sequence[Section]) -> str:
                 lines += [md_text(block.text), ""]
             elif block.kind == "pre":
                 lines += ["```", block.text, "```", ""]
+            elif block.kind == "md":
+                lines += [_demoted(block.text), ""]
             elif block.kind == "ul":
                 lines += [f"- {md_text(item)}" for item in block.items] + [""]
             elif block.kind == "img":
@@ -402,6 +412,7 @@ figure { margin: 1em 0; } figcaption { font-size: .85em; color: #52606d; }
 img { max-width: 100%; height: auto; }
 nav a { margin-right: 1em; font-size: .9em; }
 pre { background: #f5f7fa; padding: .6em; white-space: pre-wrap; }
+.card { background: #f5f7fa; padding: .2em 1em; } .card h2, .card h3 { font-size: 1.05em; border: none; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>
@@ -411,9 +422,10 @@ pre { background: #f5f7fa; padding: .6em; white-space: pre-wrap; }
 {% for b in s.blocks %}
 {% if b.kind == "p" %}<p>{{ b.text }}</p>
 {% elif b.kind == "pre" %}<pre>{{ b.text }}</pre>
+{% elif b.kind == "md" %}<div class="card">{{ rendered[b.text] }}</div>
 {% elif b.kind == "ul" %}<ul>{% for item in b.items %}<li>{{ item }}</li>{% endfor %}</ul>
 {% elif b.kind == "img" %}<figure><img src="{{ images[b.image] }}" alt="{{ b.text }}"><figcaption>{{ b.text }}</figcaption></figure>
-{% elif b.kind == "table" %}<table><thead><tr>{% for h in b.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+{% elif b.kind == "table" %}<table>{% if b.headers|select|list %}<thead><tr>{% for h in b.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>{% endif %}
 <tbody>{% for row in b.rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
 {% endif %}
 {% endfor %}
@@ -444,8 +456,13 @@ def render_html(title: str, sections: Sequence[Section], folder: Path, plots_dir
                 path = (plots_dir / Path(block.image).name if plots_dir is not None and block.image.startswith("plots/")
                         else folder / block.image)
                 images[block.image] = f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    import markdown
+    from markupsafe import Markup
+
+    rendered = {block.text: Markup(markdown.markdown(_demoted(block.text), extensions=["tables"]))
+                for section in sections for block in section.blocks if block.kind == "md"}  # its text is escaped
     environment = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    return environment.from_string(_HTML).render(title=title, sections=sections, images=images)
+    return environment.from_string(_HTML).render(title=title, sections=sections, images=images, rendered=rendered)
 
 
 def _run_sections(folder: Path, metrics: dict[str, Any], evaluation: dict[str, Any] | None,
@@ -495,7 +512,7 @@ def write_report(folder: str | os.PathLike, *, evaluation: str | os.PathLike | N
             sections = _run_sections(folder, metrics, evaluation_data, figures)
             card = model_card(metrics, evaluation_data, recipe)
             sections.append(Section("Model card", [Block("p", text="Also written as MODEL_CARD.md."),
-                                                   Block("pre", text=card.split("---", 2)[-1].strip())]))
+                                                   Block("md", text=card.split("---", 2)[-1].strip())]))
         pages = {"report.md": render_markdown(title, sections),
                  "report.html": render_html(title, sections, folder, plots_dir=tmp)}
         if card is not None:
