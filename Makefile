@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean notebooks bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune
+.PHONY: demo test install clean notebooks bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune bench-export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +54,6 @@ clean:
 
 bench-tune: $(VENV)/.installed
 	$(PY) benchmarks/tune.py --datasets sign cifar --head-trials 20 --budget-minutes 6 --naive-trials 3
+
+bench-export: $(VENV)/.installed
+	$(PY) benchmarks/export.py

@@ -68,6 +68,8 @@ _EXPORTS = {
     "evaluate": "evaluate",
     "classification_scores": "scores",
     "write_report": "report",
+    "export": "export",
+    "ExportResult": "export",
     "model_card": "report",
     "ReportResult": "report",
     # runs

@@ -18,7 +18,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from transferkit.cli import backbones, evaluate, finetune, lr_find, plan, predict, prune, report, tune
+from transferkit.cli import backbones, evaluate, export, finetune, lr_find, plan, predict, prune, report, tune
 from transferkit.cli.common import quiet_native_logs
 from transferkit.errors import TransferkitError
 
@@ -26,7 +26,7 @@ __all__ = ["main", "COMMANDS"]
 
 #: Every command, in ``--help`` order: name → its module (``register``, ``run``).
 COMMANDS = {"backbones": backbones, "finetune": finetune, "lr-find": lr_find, "plan": plan, "prune": prune,
-            "tune": tune, "predict": predict, "evaluate": evaluate, "report": report}
+            "tune": tune, "predict": predict, "evaluate": evaluate, "report": report, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,71 @@
+"""Every export format of the demo model and of its 80 %-pruned version, each measured by running it.
+
+Trains the demo (``transferkit finetune --demo``: MobileNetV2 alpha 0.35, 96 px, the sign-language digits,
+validation split 0.2 seed 0) and prunes it to 80 % (``transferkit prune``, the defaults), unless run folders are
+given, then exports each to every format and reports what ``export.json`` measured: size, gzip size, accuracy on
+the validation split (run in LiteRT's ``tf.lite.Interpreter``, onnxruntime, or ``tf.saved_model.load`` in a
+process without transferkit), top-1 agreement with the Keras model, largest probability difference, median
+single-image latency and batch throughput on this CPU.
+
+Usage:
+    TRANSFERKIT_ASSETS=../shared/assets python benchmarks/export.py [--run runs/demo --pruned runs/demo-pruned]
+
+Prints a table and writes benchmarks/export.json (committed: the README table's source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FORMATS = ["saved_model", "tflite", "tflite-float16", "tflite-int8", "onnx"]
+
+
+def _cli(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "transferkit", *args], capture_output=True, text=True)
+    if done.returncode not in (0, 1):  # 1: an artifact below --min-agreement, still measured and reported
+        sys.exit(f"transferkit {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    print(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="a finished demo run (default: train one)")
+    parser.add_argument("--pruned", help="its pruned run (default: prune it to 80 %%)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="transferkit-bench-export-"))
+    run = args.run or str(work / "demo")
+    if not args.run:
+        _cli("finetune", "--demo", "--output", run, "-q")
+    pruned = args.pruned or str(work / "pruned")
+    if not args.pruned:
+        _cli("prune", run, "--output", pruned, "-q")
+    rows = {}
+    for name, folder in (("demo", run), ("demo pruned 80 %", pruned)):
+        out = work / f"export-{len(rows)}"
+        _cli("export", folder, "--format", *FORMATS, "--output", str(out))
+        rows[name] = json.loads((out / "export.json").read_text())
+    print(f"{'model':18s} {'format':15s} {'bytes':>10s} {'gzip':>10s} {'accuracy':>9s} {'agreement':>9s} "
+          f"{'max|dp|':>8s} {'ms/image':>8s} {'img/s':>7s}")
+    for name, report in rows.items():
+        ref = report["reference"]
+        print(f"{name:18s} {'keras':15s} {ref['size_bytes']:>10,d} {ref['gzip_bytes']:>10,d} {ref['accuracy']:>9.4f} "
+              f"{1:>9.4f} {0:>8.4f} {ref['latency_ms']:>8.2f} {ref['throughput_per_s']:>7.0f}")
+        for kind, a in report["artifacts"].items():
+            print(f"{name:18s} {kind:15s} {a['size_bytes']:>10,d} {a['gzip_bytes']:>10,d} {a['accuracy']:>9.4f} "
+                  f"{a['agreement']:>9.4f} {a['max_probability_difference']:>8.4f} {a['latency_ms']:>8.2f} "
+                  f"{a['throughput_per_s']:>7.0f}")
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()}
+    (HERE / "export.json").write_text(json.dumps({"machine": machine, "runs": rows}, indent=2) + "\n")
+    print(f"wrote {HERE / 'export.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,435 @@
+"""``export``: a run's model as deployable files, each measured by running it in the runtime a user would use.
+
+Formats (:data:`FORMATS`):
+
+* ``saved_model``: a TensorFlow SavedModel with two signatures:
+  ``serving_default`` (``pixels``: float32 ``[n, size, size, 3]`` raw RGB in
+  [0, 255] → ``probabilities``) and ``serving_bytes`` (``images``: encoded
+  JPEG/PNG/BMP/GIF bytes ``[n]``, decoded and resized inside the graph →
+  ``probabilities``), for TF Serving clients that send files as they are.
+* ``tflite`` (float32), ``tflite-float16`` (float16 weights) and
+  ``tflite-int8`` (full-integer post-training quantisation, calibrated on a
+  stratified sample of the run's training images; ``int8_io`` makes the
+  input ``uint8`` pixels and the output ``uint8`` probabilities).
+* ``onnx``: through tf2onnx (opset :data:`ONNX_OPSET`).
+
+Every artifact is then run where a user would run it — ``tf.lite.Interpreter``
+for ``.tflite``, onnxruntime for ``.onnx``, ``tf.saved_model.load`` in a
+separate Python process in which transferkit cannot be imported for the
+SavedModel — on the run's validation split (remade from its recipe, as
+``prune`` does): accuracy, top-1 agreement with the Keras model, the largest
+probability difference, file and gzip sizes, median single-image latency and
+batch throughput. ``export.json`` holds it all; an artifact below
+``min_agreement`` is flagged and :func:`export` says so in ``ok``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transferkit.config import check_number
+from transferkit.data import load_image_folder
+from transferkit.errors import DataError, ModelDirError, RecipeError
+from transferkit.config import load_recipe
+from transferkit.runs import atomic_write, check_folder, load_run
+
+__all__ = ["FORMATS", "ExportResult", "export", "check_formats", "calibration_sample", "ONNX_OPSET"]
+
+log = logging.getLogger("transferkit")
+
+#: Every format, and the file (or folder) each writes.
+FORMATS = {"saved_model": "saved_model", "tflite": "model.tflite", "tflite-float16": "model_float16.tflite",
+           "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
+#: The ONNX opset tf2onnx targets.
+ONNX_OPSET = 17
+#: Single-image calls timed per artifact (after warm-up calls); the median is reported.
+LATENCY_CALLS = 30
+#: Images per call of the throughput measurement.
+THROUGHPUT_BATCH = 32
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote and measured.
+
+    Attributes:
+        output: The export folder.
+        reference: The Keras model's own validation accuracy and timings.
+        artifacts: Per format: path, sizes, accuracy, agreement, probability difference, latency.
+        ok: Whether every artifact's top-1 agreement reached ``min_agreement``.
+    """
+
+    output: str
+    reference: dict[str, Any]
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ok: bool = True
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The requested formats, checked and without repeats (before any work).
+
+    Raises:
+        RecipeError: For none, or an unknown one.
+    """
+    chosen = list(dict.fromkeys(formats))
+    unknown = [f for f in chosen if f not in FORMATS]
+    if not chosen or unknown:
+        raise RecipeError(f"--format {' '.join(unknown) or '(none)'}: choose one or more of {', '.join(FORMATS)} "
+                          "(e.g. --format saved_model tflite-int8 onnx).")
+    return chosen
+
+
+def calibration_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of up to ``count`` images, the classes taking turns (a stratified sample), seeded.
+
+    Args:
+        labels: Each training image's class.
+        count: How many to take.
+        seed: Seed of the order within each class.
+
+    Returns:
+        The indices, sorted.
+    """
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    chosen: list[int] = []
+    while len(chosen) < count and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(int(queue.pop()))
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _gzip_size(path: Path) -> int:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return sum(len(gzip.compress(p.read_bytes(), compresslevel=9)) for p in files)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _timings(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> dict[str, float]:
+    """Median single-image latency (ms) and batch throughput (images/s) of ``run`` on CPU."""
+    one = images[:1]
+    for _ in range(3):
+        run(one)
+    calls = []
+    for i in range(LATENCY_CALLS):
+        start = time.perf_counter()
+        run(images[i % len(images):i % len(images) + 1])
+        calls.append(time.perf_counter() - start)
+    batch = images[:THROUGHPUT_BATCH]
+    run(batch)
+    start = time.perf_counter()
+    for _ in range(3):
+        run(batch)
+    seconds = (time.perf_counter() - start) / 3
+    return {"latency_ms": round(float(np.median(calls)) * 1000, 3),
+            "throughput_per_s": round(len(batch) / seconds, 1)}
+
+
+def _in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int = 64) -> np.ndarray:
+    return np.concatenate([run(images[i:i + size]) for i in range(0, len(images), size)])
+
+
+class _Serving:
+    """The two serving functions around a model: raw pixels, and encoded image bytes decoded in the graph."""
+
+    def __init__(self, model: Any, image_size: int):
+        self.model, self.size = model, image_size
+
+    def pixels_spec(self) -> Any:
+        import tensorflow as tf
+
+        return tf.TensorSpec([None, self.size, self.size, 3], tf.float32, name="pixels")
+
+    def pixels(self, pixels: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        return {"probabilities": tf.cast(self.model(pixels, training=False), tf.float32)}
+
+    def images(self, images: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        def decode(data: Any) -> Any:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            return tf.image.resize(tf.cast(image, tf.float32), [self.size, self.size], antialias=True)
+
+        spec = tf.TensorSpec([self.size, self.size, 3], tf.float32)
+        return self.pixels(tf.map_fn(decode, images, fn_output_signature=spec))
+
+    def write_saved_model(self, path: Path) -> None:
+        """A SavedModel with ``serving_default`` (pixels) and ``serving_bytes`` (images), through Keras's export."""
+        import keras
+        import tensorflow as tf
+
+        archive = keras.export.ExportArchive()
+        archive.track(self.model)
+        archive.add_endpoint("serving_default", self.pixels, input_signature=[self.pixels_spec()])
+        archive.add_endpoint("serving_bytes", self.images,
+                             input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        archive.write_out(str(path), verbose=False)
+
+
+def _write_tflite(saved_model: Path, path: Path, kind: str, calibration: np.ndarray, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
+    if kind == "tflite-float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif kind == "tflite-int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+    atomic_write(path, converter.convert())
+
+
+def _write_onnx(serving: _Serving, path: Path) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = [serving.pixels_spec()]
+    proto, _ = tf2onnx.convert.from_function(tf.function(serving.pixels, input_signature=spec), input_signature=spec,
+                                             opset=ONNX_OPSET)
+    atomic_write(path, proto.SerializeToString())
+
+
+def _tflite_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    shape = None
+
+    def run(images: np.ndarray) -> np.ndarray:
+        nonlocal shape
+        if shape != images.shape:
+            interpreter.resize_tensor_input(inp["index"], images.shape)
+            interpreter.allocate_tensors()
+            shape = images.shape
+        x = images.astype(np.float32)
+        scale, zero = inp["quantization"]
+        if inp["dtype"] != np.float32:  # uint8/int8 input: quantised as the converter said
+            x = np.clip(np.round(x / scale + zero) if scale else x, *_limits(inp["dtype"])).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        scale, zero = out["quantization"]
+        return (y.astype(np.float32) - zero) * scale if out["dtype"] != np.float32 and scale else y
+
+    return run
+
+
+def _limits(dtype: Any) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images.astype(np.float32)})[0]
+
+
+#: Runs a SavedModel in a fresh Python in which transferkit cannot be imported: what a serving host has.
+_SAVED_MODEL_CHILD = r"""
+import json, sys, time
+sys.modules["transferkit"] = None  # importing transferkit now fails: the SavedModel must stand alone
+import numpy as np
+import tensorflow as tf
+folder, images_path, out_path, calls, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+serve = tf.saved_model.load(folder).signatures["serving_default"]
+run = lambda x: serve(pixels=tf.constant(x, tf.float32))["probabilities"].numpy()
+images = np.load(images_path)
+probabilities = np.concatenate([run(images[i:i + 64]) for i in range(0, len(images), 64)])
+for _ in range(3):
+    run(images[:1])
+times = []
+for i in range(calls):
+    start = time.perf_counter(); run(images[i % len(images):i % len(images) + 1]); times.append(time.perf_counter() - start)
+run(images[:batch]); start = time.perf_counter()
+for _ in range(3):
+    run(images[:batch])
+seconds = (time.perf_counter() - start) / 3
+np.save(out_path, probabilities)
+print(json.dumps({"latency_ms": round(float(np.median(times)) * 1000, 3),
+                  "throughput_per_s": round(min(batch, len(images)) / seconds, 1)}))
+"""
+
+
+def _run_saved_model(path: Path, images: np.ndarray, work: Path) -> tuple[np.ndarray, dict[str, float]]:
+    """The SavedModel's probabilities and timings, from a child process without transferkit."""
+    np.save(work / "images.npy", images)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", _SAVED_MODEL_CHILD, str(path), str(work / "images.npy"),
+                           str(work / "probabilities.npy"), str(LATENCY_CALLS), str(THROUGHPUT_BATCH)],
+                          capture_output=True, text=True, env=env, cwd=work, timeout=1800)
+    if done.returncode != 0:
+        raise ModelDirError(f"The exported SavedModel did not run in a plain TensorFlow process: "
+                            f"{(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}")
+    return np.load(work / "probabilities.npy"), json.loads(done.stdout.strip().splitlines()[-1])
+
+
+#: What an export folder holds; anything else in ``output`` is refused.
+EXPORT_FILES = frozenset(FORMATS.values()) | {"labels.txt", "contract.json", "export.json"}
+
+
+def _check_output(output: str | os.PathLike) -> Path:
+    folder = check_folder(output)
+    if folder.is_dir():
+        others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES and not p.name.startswith("."))
+        if others:
+            raise RecipeError(f"--output {str(output)!r} holds files export did not write ({', '.join(others[:3])}). "
+                              "Choose a new or empty folder, or an earlier export folder.")
+    return folder
+
+
+def _validation_images(run_dir: Path, metrics: dict[str, Any], data: str | os.PathLike | None) -> Any:
+    """The run's data, its validation split remade from ``recipe.yaml`` (as ``prune`` does)."""
+    if not (run_dir / "recipe.yaml").is_file():
+        raise ModelDirError(f"{str(run_dir)!r} has no recipe.yaml: not a transferkit run folder.")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    folder = data if data is not None else recipe.data
+    if folder is None or not Path(folder).is_dir():
+        raise DataError(f"Measuring the exports needs the run's data: {str(folder)!r} is not a folder. Pass --data "
+                        "DATA_DIR (the folder the run was trained on).")
+    images = load_image_folder(folder, image_size=int(metrics["image_size"]), val_dir=recipe.val_dir,
+                               val_split=recipe.val_split, seed=recipe.seed, max_per_class=recipe.max_per_class)
+    if list(images.class_names) != list(metrics["class_names"]):
+        raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
+                        f"trained on {list(metrics['class_names'])[:5]}.... Pass --data with the run's folder.")
+    return images, recipe.seed
+
+
+def _contract(metrics: dict[str, Any], formats: Sequence[str], int8_io: bool) -> dict[str, Any]:
+    size = int(metrics["image_size"])
+    base = {"shape": [None, size, size, 3], "layout": "NHWC", "channels": "RGB", "dtype": "float32",
+            "pixel_range": [0, 255], "output": "probabilities", "output_dtype": "float32"}
+    artifacts = {}
+    for kind in formats:
+        entry = dict(base)
+        if kind == "saved_model":
+            entry["signatures"] = {"serving_default": "pixels -> probabilities",
+                                   "serving_bytes": "images (encoded JPEG/PNG/BMP/GIF bytes) -> probabilities"}
+        if kind == "tflite-int8" and int8_io:
+            entry.update(dtype="uint8", output_dtype="uint8 (probability = (q - zero_point) * scale)")
+        artifacts[FORMATS[kind]] = entry
+    return {"image_size": size, "task": metrics["task"], "class_names": list(metrics["class_names"]),
+            "backbone": metrics["backbone"], "artifacts": artifacts}
+
+
+def _score(probabilities: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    from transferkit.scores import class_probabilities
+
+    p, r = class_probabilities(probabilities), class_probabilities(reference)
+    return {"accuracy": round(float(np.mean(p.argmax(1) == labels)), 4),
+            "agreement": round(float(np.mean(p.argmax(1) == r.argmax(1))), 4),
+            "max_probability_difference": round(float(np.max(np.abs(p - r))), 5)}
+
+
+def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.PathLike, *,
+           data: str | os.PathLike | None = None, calibration_images: int = 300, int8_io: bool = False,
+           min_agreement: float = 0.99) -> ExportResult:
+    """Export a run's model to the given formats and measure each file by running it.
+
+    Args:
+        run_dir: A finished ``finetune`` or ``prune`` run folder.
+        formats: Some of :data:`FORMATS`.
+        output: The export folder (new, empty, or an earlier export's).
+        data: The run's training folder; defaults to its recipe's ``data``.
+        calibration_images: Training images that calibrate ``tflite-int8`` (stratified).
+        int8_io: ``tflite-int8`` takes ``uint8`` pixels and gives ``uint8`` probabilities.
+        min_agreement: Top-1 agreement with the Keras model below which an artifact fails.
+
+    Returns:
+        The :class:`ExportResult` (also ``output/export.json``).
+
+    Raises:
+        RecipeError: For unknown formats, bad numbers or an output holding other files.
+        ModelDirError: For a missing, damaged or tampered run folder.
+        DataError: For missing data or data of other classes.
+    """
+    chosen = check_formats(formats)
+    check_number("calibration_images", calibration_images, low=1, integer=True)
+    check_number("min_agreement", min_agreement, low=0, high=1)
+    folder = _check_output(output)
+    run_dir = Path(run_dir).expanduser()
+    model, metrics = load_run(run_dir)
+    images, seed = _validation_images(run_dir, metrics, data)
+    x, y = images.x_val.astype(np.float32), images.y_val
+    started = time.perf_counter()
+    keras_run = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
+    reference = _in_batches(keras_run, x)
+    result = ExportResult(str(folder), {"format": "keras", "images": int(len(y)), **_score(reference, reference, y),
+                                        **_timings(keras_run, x), "size_bytes": _size(run_dir / "model.keras"),
+                                        "gzip_bytes": _gzip_size(run_dir / "model.keras")})
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration = images.x_train[calibration_sample(images.y_train, calibration_images, seed)]
+    with tempfile.TemporaryDirectory(prefix="transferkit-export-") as work:
+        work = Path(work)
+        serving = _Serving(model, int(metrics["image_size"]))
+        serving.write_saved_model(work / "saved_model")
+        for kind in chosen:
+            result.artifacts[kind] = _export_one(kind, serving, work, folder, calibration, int8_io, x, y, reference)
+            result.artifacts[kind]["passed"] = result.artifacts[kind]["agreement"] >= min_agreement
+            log.info("%s: accuracy %.4f, agreement %.4f", kind, result.artifacts[kind]["accuracy"],
+                     result.artifacts[kind]["agreement"])
+    result.ok = all(a["passed"] for a in result.artifacts.values())
+    atomic_write(folder / "labels.txt", "\n".join(metrics["class_names"]) + "\n")
+    atomic_write(folder / "contract.json", json.dumps(_contract(metrics, chosen, int8_io), indent=2))
+    atomic_write(folder / "export.json", json.dumps({"run": str(run_dir.resolve()), "min_agreement": min_agreement,
+                                                     "calibration_images": int(len(calibration)),
+                                                     "int8_io": int8_io, "seconds": round(time.perf_counter() - started, 1),
+                                                     "reference": result.reference, "artifacts": result.artifacts,
+                                                     "ok": result.ok}, indent=2))
+    return result
+
+
+def _export_one(kind: str, serving: _Serving, work: Path, folder: Path, calibration: np.ndarray, int8_io: bool,
+                x: np.ndarray, y: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Write one artifact into ``folder`` (whole or not at all) and measure it."""
+    target = folder / FORMATS[kind]
+    if kind == "saved_model":
+        staged = folder / f".saved_model.{os.getpid()}.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(work / "saved_model", staged)
+        probabilities, timings = _run_saved_model(staged, x, work)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    else:
+        if kind == "onnx":
+            _write_onnx(serving, target)
+            runner = _onnx_runner(target)
+        else:
+            _write_tflite(work / "saved_model", target, kind, calibration, int8_io)
+            runner = _tflite_runner(target)
+        probabilities = _in_batches(runner, x)
+        timings = _timings(runner, x)
+    return {"file": target.name, "size_bytes": _size(target), "gzip_bytes": _gzip_size(target),
+            **_score(probabilities, reference, y), **timings}
