@@ -35,7 +35,7 @@ def exported(sign_digits, mobilenet_v2_h5, tmp_path_factory):
             shutil.copy(path, data / digit / path.name)
     finetune(data, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
              epochs=3, fine_tune_epochs=0, plan="none", batch_size=8, output=root / "run", verbose=0)
-    result = export(root / "run", list(FORMATS), root / "out", calibration_images=24)
+    result = export(root / "run", list(FORMATS), root / "out", calibration_images=24, int8_io=True)
     return root, result
 
 
@@ -58,7 +58,10 @@ def test_every_format_is_written_run_in_its_runtime_and_agrees_with_keras(export
     assert (out / "labels.txt").read_text().split() == ["1", "2", "3"]
     contract = json.loads((out / "contract.json").read_text())
     assert contract["image_size"] == 48 and contract["artifacts"]["saved_model"]["pixel_range"] == [0, 255]
-    assert report["ok"] == result.ok == all(a["passed"] for a in report["artifacts"].values())
+    int8_contract = contract["artifacts"]["model_int8.tflite"]  # --int8-io: uint8 in and out, with the scales
+    assert int8_contract["dtype"] == "uint8" and set(int8_contract["input_quantization"]) == {"scale", "zero_point"}
+    assert contract["artifacts"]["model.tflite"]["dtype"] == "float32" and int8["input_dtype"] == "uint8"
+    assert result.ok is True and all(a["passed"] for a in report["artifacts"].values())
 
 
 def test_the_image_bytes_signature_classifies_a_jpeg_as_the_pixel_signature_does(exported, sign_digits):
@@ -108,3 +111,36 @@ def test_a_missing_or_tampered_run_is_one_clear_error_before_any_conversion(expo
     with pytest.raises(RecipeError, match="holds files export did not write"):
         export(root / "run", ["tflite"], tmp_path / "other")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_new_export_replaces_an_earlier_one_whole(exported):
+    from transferkit.export import export
+
+    root, _ = exported
+    out = root / "again"
+    out.mkdir()
+    for name in ("model.onnx", "export.json", "labels.txt"):  # an earlier export with other formats
+        (out / name).write_text("old")
+    export(root / "run", ["tflite"], out)
+    assert sorted(p.name for p in out.iterdir()) == ["contract.json", "export.json", "labels.txt", "model.tflite"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".again")]  # no staging folder left
+
+
+def test_bad_settings_and_missing_data_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import importlib
+
+    from transferkit.errors import DataError
+
+    module = importlib.import_module("transferkit.export")  # the module (``transferkit.export`` is the function)
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(module, "load_run", never)
+    with pytest.raises(RecipeError, match="min_agreement"):
+        module.export(tmp_path, ["tflite"], tmp_path / "out", min_agreement=1.5)
+    with pytest.raises(RecipeError, match="calibration_images"):
+        module.export(tmp_path, ["tflite"], tmp_path / "out", calibration_images=0)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("data: /nowhere/at/all\n")
+    with pytest.raises(DataError, match="is not a folder"):
+        module.export(tmp_path / "run", ["tflite"], tmp_path / "out")

@@ -115,6 +115,7 @@ _EXPORTS = {
     "TensorBoardLog": "callbacks",
     # errors
     "SearchError": "errors",
+    "ExportError": "errors",
     "TransferkitError": "errors",
     "UnknownBackboneError": "errors",
     "WeightsNotFoundError": "errors",

@@ -836,3 +836,8 @@ def smoke(recipe: Recipe) -> Recipe:
     if recipe.tune is not None:
         changes["tune"] = dataclasses.replace(recipe.tune, max_trials=2, budget_minutes=None, workers=0)
     return recipe.replace(**changes)
+
+
+#: ``transferkit export``'s formats, and the file (or folder) each writes.
+EXPORT_FORMATS = {"saved_model": "saved_model", "tflite": "model.tflite", "tflite-float16": "model_float16.tflite",
+                  "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}

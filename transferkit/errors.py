@@ -57,3 +57,7 @@ class DivergenceError(TransferkitError, ArithmeticError):
 
 class SearchError(TransferkitError, RuntimeError):
     """A hyperparameter search that produced no result (every trial failed, or its workers did)."""
+
+
+class ExportError(TransferkitError, RuntimeError):
+    """An export whose conversion, or the run of the converted file in its runtime, failed."""

@@ -40,9 +40,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from transferkit.config import check_number
+from transferkit.config import EXPORT_FORMATS, check_number
 from transferkit.data import load_image_folder
-from transferkit.errors import DataError, ModelDirError, RecipeError
+from transferkit.errors import DataError, ExportError, ModelDirError, RecipeError
 from transferkit.config import load_recipe
 from transferkit.runs import atomic_write, check_folder, load_run
 
@@ -51,8 +51,7 @@ __all__ = ["FORMATS", "ExportResult", "export", "check_formats", "calibration_sa
 log = logging.getLogger("transferkit")
 
 #: Every format, and the file (or folder) each writes.
-FORMATS = {"saved_model": "saved_model", "tflite": "model.tflite", "tflite-float16": "model_float16.tflite",
-           "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
+FORMATS = EXPORT_FORMATS
 #: The ONNX opset tf2onnx targets.
 ONNX_OPSET = 17
 #: Single-image calls timed per artifact (after warm-up calls); the median is reported.
@@ -80,6 +79,12 @@ class ExportResult:
 
 def check_formats(formats: Sequence[str]) -> list[str]:
     """The requested formats, checked and without repeats (before any work).
+
+    Args:
+        formats: Names from :data:`FORMATS`.
+
+    Returns:
+        The formats in the order given, each once.
 
     Raises:
         RecipeError: For none, or an unknown one.
@@ -285,13 +290,16 @@ print(json.dumps({"latency_ms": round(float(np.median(times)) * 1000, 3),
 def _run_saved_model(path: Path, images: np.ndarray, work: Path) -> tuple[np.ndarray, dict[str, float]]:
     """The SavedModel's probabilities and timings, from a child process without transferkit."""
     np.save(work / "images.npy", images)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", _SAVED_MODEL_CHILD, str(path), str(work / "images.npy"),
-                           str(work / "probabilities.npy"), str(LATENCY_CALLS), str(THROUGHPUT_BATCH)],
-                          capture_output=True, text=True, env=env, cwd=work, timeout=1800)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}  # CPU, as the other runtimes
+    try:
+        done = subprocess.run([sys.executable, "-c", _SAVED_MODEL_CHILD, str(path), str(work / "images.npy"),
+                               str(work / "probabilities.npy"), str(LATENCY_CALLS), str(THROUGHPUT_BATCH)],
+                              capture_output=True, text=True, env=env, cwd=work, timeout=1800)
+    except subprocess.TimeoutExpired:
+        raise ExportError("The exported SavedModel did not finish its measurement in 30 minutes.") from None
     if done.returncode != 0:
-        raise ModelDirError(f"The exported SavedModel did not run in a plain TensorFlow process: "
-                            f"{(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}")
+        raise ExportError(f"The exported SavedModel did not run in a plain TensorFlow process: "
+                          f"{(done.stderr.strip().splitlines() or ['no message'])[-1][:300]}")
     return np.load(work / "probabilities.npy"), json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -309,38 +317,48 @@ def _check_output(output: str | os.PathLike) -> Path:
     return folder
 
 
-def _validation_images(run_dir: Path, metrics: dict[str, Any], data: str | os.PathLike | None) -> Any:
-    """The run's data, its validation split remade from ``recipe.yaml`` (as ``prune`` does)."""
+def _run_recipe(run_dir: Path, data: str | os.PathLike | None) -> tuple[Any, str]:
+    """The run's recipe and data folder, checked before the model loads."""
     if not (run_dir / "recipe.yaml").is_file():
-        raise ModelDirError(f"{str(run_dir)!r} has no recipe.yaml: not a transferkit run folder.")
+        raise ModelDirError(f"{str(run_dir)!r} has no recipe.yaml: not a finished transferkit run folder. Pass the "
+                            "--output folder of `transferkit finetune` or `prune`.")
     recipe = load_recipe(run_dir / "recipe.yaml")
     folder = data if data is not None else recipe.data
     if folder is None or not Path(folder).is_dir():
         raise DataError(f"Measuring the exports needs the run's data: {str(folder)!r} is not a folder. Pass --data "
                         "DATA_DIR (the folder the run was trained on).")
+    return recipe, str(folder)
+
+
+def _validation_images(recipe: Any, folder: str, metrics: dict[str, Any]) -> Any:
+    """The run's data, its validation split remade from its recipe (as ``prune`` does)."""
     images = load_image_folder(folder, image_size=int(metrics["image_size"]), val_dir=recipe.val_dir,
                                val_split=recipe.val_split, seed=recipe.seed, max_per_class=recipe.max_per_class)
     if list(images.class_names) != list(metrics["class_names"]):
         raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
                         f"trained on {list(metrics['class_names'])[:5]}.... Pass --data with the run's folder.")
-    return images, recipe.seed
+    return images
 
 
-def _contract(metrics: dict[str, Any], formats: Sequence[str], int8_io: bool) -> dict[str, Any]:
+def _contract(metrics: dict[str, Any], artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     size = int(metrics["image_size"])
+    output = ("probabilities, one per class" if metrics["task"] == "multiclass"
+              else "one probability: that of the second class in labels.txt")
     base = {"shape": [None, size, size, 3], "layout": "NHWC", "channels": "RGB", "dtype": "float32",
-            "pixel_range": [0, 255], "output": "probabilities", "output_dtype": "float32"}
-    artifacts = {}
-    for kind in formats:
+            "pixel_range": [0, 255], "output": output, "output_dtype": "float32"}
+    contract = {}
+    for kind, measured in artifacts.items():
         entry = dict(base)
         if kind == "saved_model":
             entry["signatures"] = {"serving_default": "pixels -> probabilities",
                                    "serving_bytes": "images (encoded JPEG/PNG/BMP/GIF bytes) -> probabilities"}
-        if kind == "tflite-int8" and int8_io:
-            entry.update(dtype="uint8", output_dtype="uint8 (probability = (q - zero_point) * scale)")
-        artifacts[FORMATS[kind]] = entry
+        for side in ("input", "output"):
+            if measured.get(f"{side}_dtype", "float32") != "float32":  # --int8-io: feed round(x / scale + zero_point)
+                entry["dtype" if side == "input" else "output_dtype"] = measured[f"{side}_dtype"]
+                entry[f"{side}_quantization"] = measured[f"{side}_quantization"]
+        contract[measured["file"]] = entry
     return {"image_size": size, "task": metrics["task"], "class_names": list(metrics["class_names"]),
-            "backbone": metrics["backbone"], "artifacts": artifacts}
+            "backbone": metrics["backbone"], "artifacts": contract}
 
 
 def _score(probabilities: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -357,13 +375,17 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
            min_agreement: float = 0.99) -> ExportResult:
     """Export a run's model to the given formats and measure each file by running it.
 
+    The folder is built beside ``output`` under a hidden name and renamed into
+    place when every file is written and measured: an export folder is one
+    export, whole, or the earlier one untouched.
+
     Args:
-        run_dir: A finished ``finetune`` or ``prune`` run folder.
+        run_dir: A finished ``finetune`` or ``prune`` run folder (a multiclass or binary classifier).
         formats: Some of :data:`FORMATS`.
-        output: The export folder (new, empty, or an earlier export's).
+        output: The export folder (new, empty, or an earlier export's, which is replaced).
         data: The run's training folder; defaults to its recipe's ``data``.
         calibration_images: Training images that calibrate ``tflite-int8`` (stratified).
-        int8_io: ``tflite-int8`` takes ``uint8`` pixels and gives ``uint8`` probabilities.
+        int8_io: ``tflite-int8`` takes ``uint8`` and gives ``uint8`` (its scales in ``contract.json``).
         min_agreement: Top-1 agreement with the Keras model below which an artifact fails.
 
     Returns:
@@ -371,16 +393,21 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
 
     Raises:
         RecipeError: For unknown formats, bad numbers or an output holding other files.
-        ModelDirError: For a missing, damaged or tampered run folder.
+        ModelDirError: For a missing, damaged or tampered run folder, or a task export does not serve.
         DataError: For missing data or data of other classes.
+        ExportError: When a conversion, or running a converted file, fails (nothing is replaced).
     """
     chosen = check_formats(formats)
     check_number("calibration_images", calibration_images, low=1, integer=True)
     check_number("min_agreement", min_agreement, low=0, high=1)
     folder = _check_output(output)
     run_dir = Path(run_dir).expanduser()
+    recipe, data_folder = _run_recipe(run_dir, data)
     model, metrics = load_run(run_dir)
-    images, seed = _validation_images(run_dir, metrics, data)
+    if metrics["task"] not in ("multiclass", "binary"):
+        raise ModelDirError(f"{str(run_dir)!r} is a {metrics['task']} run: export measures classifiers (multiclass "
+                            "or binary) by their accuracy and agreement, and serves their probabilities.")
+    images = _validation_images(recipe, data_folder, metrics)
     x, y = images.x_val.astype(np.float32), images.y_val
     started = time.perf_counter()
     keras_run = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
@@ -388,48 +415,83 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     result = ExportResult(str(folder), {"format": "keras", "images": int(len(y)), **_score(reference, reference, y),
                                         **_timings(keras_run, x), "size_bytes": _size(run_dir / "model.keras"),
                                         "gzip_bytes": _gzip_size(run_dir / "model.keras")})
-    folder.mkdir(parents=True, exist_ok=True)
-    calibration = images.x_train[calibration_sample(images.y_train, calibration_images, seed)]
-    with tempfile.TemporaryDirectory(prefix="transferkit-export-") as work:
-        work = Path(work)
-        serving = _Serving(model, int(metrics["image_size"]))
-        serving.write_saved_model(work / "saved_model")
-        for kind in chosen:
-            result.artifacts[kind] = _export_one(kind, serving, work, folder, calibration, int8_io, x, y, reference)
-            result.artifacts[kind]["passed"] = result.artifacts[kind]["agreement"] >= min_agreement
-            log.info("%s: accuracy %.4f, agreement %.4f", kind, result.artifacts[kind]["accuracy"],
-                     result.artifacts[kind]["agreement"])
-    result.ok = all(a["passed"] for a in result.artifacts.values())
-    atomic_write(folder / "labels.txt", "\n".join(metrics["class_names"]) + "\n")
-    atomic_write(folder / "contract.json", json.dumps(_contract(metrics, chosen, int8_io), indent=2))
-    atomic_write(folder / "export.json", json.dumps({"run": str(run_dir.resolve()), "min_agreement": min_agreement,
-                                                     "calibration_images": int(len(calibration)),
-                                                     "int8_io": int8_io, "seconds": round(time.perf_counter() - started, 1),
-                                                     "reference": result.reference, "artifacts": result.artifacts,
-                                                     "ok": result.ok}, indent=2))
+    calibration = images.x_train[calibration_sample(images.y_train, calibration_images, recipe.seed)]
+    stage = folder.parent / f".{folder.name}.export-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="transferkit-export-") as work:
+            serving = _Serving(model, int(metrics["image_size"]))
+            serving.write_saved_model(Path(work) / "saved_model")
+            for kind in chosen:
+                measured = _export_one(kind, serving, Path(work), stage, calibration, int8_io, x, y, reference)
+                result.artifacts[kind] = {**measured, "passed": measured["agreement"] >= min_agreement}
+                log.info("%s: accuracy %.4f, agreement %.4f", kind, measured["accuracy"], measured["agreement"])
+        result.ok = all(a["passed"] for a in result.artifacts.values())
+        _write_summary(stage, run_dir, metrics, result, min_agreement=min_agreement, int8_io=int8_io,
+                       calibration=len(calibration), seconds=time.perf_counter() - started)
+        _swap_in(stage, folder)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return result
 
 
-def _export_one(kind: str, serving: _Serving, work: Path, folder: Path, calibration: np.ndarray, int8_io: bool,
+def _write_summary(stage: Path, run_dir: Path, metrics: dict[str, Any], result: ExportResult, *,
+                   min_agreement: float, int8_io: bool, calibration: int, seconds: float) -> None:
+    """``labels.txt``, ``contract.json`` and ``export.json`` (last)."""
+    atomic_write(stage / "labels.txt", "\n".join(metrics["class_names"]) + "\n")
+    atomic_write(stage / "contract.json", json.dumps(_contract(metrics, result.artifacts), indent=2))
+    atomic_write(stage / "export.json", json.dumps({
+        "run": str(run_dir.resolve()), "min_agreement": min_agreement, "calibration_images": calibration,
+        "int8_io": int8_io, "seconds": round(seconds, 1), "reference": result.reference,
+        "artifacts": result.artifacts, "ok": result.ok}, indent=2))
+
+
+def _swap_in(stage: Path, folder: Path) -> None:
+    """Put the finished export in place of ``folder`` (an earlier export is removed only after the rename)."""
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(stage, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_one(kind: str, serving: _Serving, work: Path, stage: Path, calibration: np.ndarray, int8_io: bool,
                 x: np.ndarray, y: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """Write one artifact into ``folder`` (whole or not at all) and measure it."""
-    target = folder / FORMATS[kind]
-    if kind == "saved_model":
-        staged = folder / f".saved_model.{os.getpid()}.tmp"
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(work / "saved_model", staged)
-        probabilities, timings = _run_saved_model(staged, x, work)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staged, target)
-    else:
-        if kind == "onnx":
-            _write_onnx(serving, target)
-            runner = _onnx_runner(target)
+    """Write one artifact into ``stage`` and measure it in its runtime."""
+    target = stage / FORMATS[kind]
+    extra: dict[str, Any] = {}
+    try:
+        if kind == "saved_model":
+            shutil.copytree(work / "saved_model", target)
+            probabilities, timings = _run_saved_model(target, x, work)
         else:
-            _write_tflite(work / "saved_model", target, kind, calibration, int8_io)
-            runner = _tflite_runner(target)
-        probabilities = _in_batches(runner, x)
-        timings = _timings(runner, x)
+            if kind == "onnx":
+                _write_onnx(serving, target)
+                runner = _onnx_runner(target)
+            else:
+                _write_tflite(work / "saved_model", target, kind, calibration, int8_io)
+                runner, extra = _tflite_runner(target), _tflite_io(target)
+            probabilities = _in_batches(runner, x)
+            timings = _timings(runner, x)
+    except (ExportError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - a converter's or runtime's failure, said in one paragraph
+        raise ExportError(f"Exporting {kind} failed ({type(error).__name__}: {str(error).strip()[:300]}). The other "
+                          "formats may still export: leave this one out of --format.") from None
     return {"file": target.name, "size_bytes": _size(target), "gzip_bytes": _gzip_size(target),
-            **_score(probabilities, reference, y), **timings}
+            **_score(probabilities, reference, y), **timings, **extra}
+
+
+def _tflite_io(path: Path) -> dict[str, Any]:
+    """A ``.tflite`` file's input and output types, and their quantisation (scale, zero point) when integer."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    found = {}
+    for side, detail in (("input", interpreter.get_input_details()[0]), ("output", interpreter.get_output_details()[0])):
+        found[f"{side}_dtype"] = np.dtype(detail["dtype"]).name
+        if found[f"{side}_dtype"] != "float32":
+            scale, zero = detail["quantization"]
+            found[f"{side}_quantization"] = {"scale": float(scale), "zero_point": int(zero)}
+    return found

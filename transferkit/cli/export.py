@@ -17,7 +17,7 @@ EXAMPLES = """examples:
 
 def register(commands) -> argparse.ArgumentParser:
     """Add the ``export`` command to the sub-parsers."""
-    from transferkit.export import FORMATS
+    from transferkit.config import EXPORT_FORMATS as FORMATS  # not transferkit.export: --help stays light
 
     command = add_command(
         commands, "export", help="export a run's model (SavedModel, TFLite float/float16/int8, ONNX) and measure each",
