@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test install clean notebooks bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune bench-export
+.PHONY: demo test test-all install clean notebooks bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune bench-export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The slow tests too: every registry backbone built and grouped, the recipe prune stage killed and resumed.
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow or not slow"
 
 # Run every notebook top to bottom on the real recipes and keep the outputs (about 25 minutes).
 notebooks: $(VENV)/.installed

@@ -113,15 +113,23 @@ def test_a_missing_or_tampered_run_is_one_clear_error_before_any_conversion(expo
     assert not (tmp_path / "out").exists()
 
 
-def test_a_new_export_replaces_an_earlier_one_whole(exported):
-    from transferkit.export import export
+def test_a_new_export_replaces_an_earlier_one_whole(exported, monkeypatch):
+    import importlib
 
+    module = importlib.import_module("transferkit.export")  # the folder logic alone: conversions stubbed
     root, _ = exported
+
+    def convert(kind, serving, work, stage, *args):
+        (stage / module.FORMATS[kind]).write_text("converted")
+        return {"file": module.FORMATS[kind], "accuracy": 1.0, "agreement": 1.0}
+
+    monkeypatch.setattr(module, "_export_one", convert)
+    monkeypatch.setattr(module._Serving, "write_saved_model", lambda self, path: None)
     out = root / "again"
     out.mkdir()
     for name in ("model.onnx", "export.json", "labels.txt"):  # an earlier export with other formats
         (out / name).write_text("old")
-    export(root / "run", ["tflite"], out)
+    module.export(root / "run", ["tflite"], out)
     assert sorted(p.name for p in out.iterdir()) == ["contract.json", "export.json", "labels.txt", "model.tflite"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".again")]  # no staging folder left
 

@@ -190,6 +190,7 @@ tk.finetune(data, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=4
 """
 
 
+@pytest.mark.slow  # the same resume as the prune command's test above, through finetune's prune: stage
 def test_a_recipe_s_prune_stage_killed_mid_way_resumes_there(sign_digits, mobilenet_v2_h5, tmp_path):
     data, out = _folder(sign_digits, tmp_path / "data"), tmp_path / "run"
 
