@@ -41,10 +41,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transferkit.config import EXPORT_FORMATS, check_number
-from transferkit.data import load_image_folder
 from transferkit.errors import DataError, ExportError, ModelDirError, RecipeError
 from transferkit.config import load_recipe
-from transferkit.runs import atomic_write, check_folder, load_run
+from transferkit.runs import atomic_write, check_folder, load_run, run_images
 
 __all__ = ["FORMATS", "ExportResult", "export", "check_formats", "calibration_sample", "ONNX_OPSET"]
 
@@ -330,16 +329,6 @@ def _run_recipe(run_dir: Path, data: str | os.PathLike | None) -> tuple[Any, str
     return recipe, str(folder)
 
 
-def _validation_images(recipe: Any, folder: str, metrics: dict[str, Any]) -> Any:
-    """The run's data, its validation split remade from its recipe (as ``prune`` does)."""
-    images = load_image_folder(folder, image_size=int(metrics["image_size"]), val_dir=recipe.val_dir,
-                               val_split=recipe.val_split, seed=recipe.seed, max_per_class=recipe.max_per_class)
-    if list(images.class_names) != list(metrics["class_names"]):
-        raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
-                        f"trained on {list(metrics['class_names'])[:5]}.... Pass --data with the run's folder.")
-    return images
-
-
 def _contract(metrics: dict[str, Any], artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     size = int(metrics["image_size"])
     output = ("probabilities, one per class" if metrics["task"] == "multiclass"
@@ -407,7 +396,8 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     if metrics["task"] not in ("multiclass", "binary"):
         raise ModelDirError(f"{str(run_dir)!r} is a {metrics['task']} run: export measures classifiers (multiclass "
                             "or binary) by their accuracy and agreement, and serves their probabilities.")
-    images = _validation_images(recipe, data_folder, metrics)
+    images = run_images(recipe, data_folder, int(metrics["image_size"]), metrics["class_names"],
+                        purpose="measuring the exports")
     x, y = images.x_val.astype(np.float32), images.y_val
     started = time.perf_counter()
     keras_run = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731

@@ -41,10 +41,11 @@ import numpy as np
 
 from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_SPARSITY, SCHEDULES, STRUCTURES,
                                 PruneConfig)
-from transferkit.data import augment_config, load_image_folder, make_dataset
+from transferkit.data import augment_config, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
-from transferkit.runs import PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, save_run, versions
+from transferkit.runs import (PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, run_images, save_run,
+                              versions)
 from transferkit.report import TOP_LOSSES_FILE, report_quietly
 from transferkit.training import Checkpoint, diagnose_run, fit_stage, logged_accuracy, score_validation, tensorboard_logs
 from transferkit.weights import sha256_of
@@ -535,12 +536,7 @@ def prune(
     if folder is None or not Path(folder).is_dir():
         raise DataError(f"Pruning needs the run's training data: {str(folder)!r} is not a folder. "
                         "Pass --data DATA_DIR (the folder the run was fine-tuned on).")
-    images = load_image_folder(folder, image_size=transfer.image_size, val_dir=recipe.val_dir,
-                               val_split=recipe.val_split, seed=recipe.seed, max_per_class=recipe.max_per_class)
-    if list(images.class_names) != list(run_metrics["class_names"]):
-        raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
-                        f"trained on {list(run_metrics['class_names'])[:5]}...: pruning on them would relabel the "
-                        "model. Pass --data with the folder the run was fine-tuned on.")
+    images = run_images(recipe, folder, transfer.image_size, run_metrics["class_names"], purpose="pruning")
     pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None)
     checkpoint = None
     if output:  # the fingerprint hashes every image and the source model: only a run folder needs it

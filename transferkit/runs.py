@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transferkit.config import Recipe, load_recipe, recipe_to_dict
-from transferkit.data import ImageSet
-from transferkit.errors import ModelDirError, RecipeError, RunExistsError
+from transferkit.data import ImageSet, load_image_folder
+from transferkit.errors import DataError, ModelDirError, RecipeError, RunExistsError
 from transferkit.hub import export_saved_model, load_saved_model
 from transferkit.model import TransferModel, build_model, compile_model
 from transferkit.registry import is_hub
 from transferkit.weights import WeightsSource
 
 __all__ = ["RunRecord", "data_metrics", "versions", "save_run", "load_run", "load_transfer", "atomic_write",
-           "check_output", "check_folder", "check_writable", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
+           "check_output", "check_folder", "run_images", "check_writable", "is_finished_run", "contract", "read_contract", "CONTRACT_FILE", "RunState",
            "save_state", "load_state", "fingerprint", "STATE_DIR", "HubExport"]
 
 log = logging.getLogger("transferkit")
@@ -678,3 +678,29 @@ def fingerprint(recipe: Recipe, images: ImageSet) -> str:
         digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
     digest.update(json.dumps(list(images.class_names)).encode())
     return digest.hexdigest()
+
+
+def run_images(recipe: Recipe, folder: str | os.PathLike, image_size: int, class_names: Sequence[str], *,
+               purpose: str) -> ImageSet:
+    """A run's data decoded again, its validation split remade from its recipe (same folder or fraction, seed, sample).
+
+    Args:
+        recipe: The run's ``recipe.yaml``.
+        folder: Its training folder.
+        image_size: The run's input side.
+        class_names: The run's classes, in output order.
+        purpose: What the images are for (``"pruning"``, ``"measuring the exports"``), for the error.
+
+    Returns:
+        The :class:`~transferkit.data.ImageSet`.
+
+    Raises:
+        DataError: When the folder's classes are not the run's.
+    """
+    images = load_image_folder(folder, image_size=image_size, val_dir=recipe.val_dir, val_split=recipe.val_split,
+                               seed=recipe.seed, max_per_class=recipe.max_per_class)
+    if list(images.class_names) != list(class_names):
+        raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
+                        f"trained on {list(class_names)[:5]}...: {purpose} on them would relabel the model. "
+                        "Pass --data with the folder the run was trained on.")
+    return images
