@@ -1,8 +1,9 @@
 """Every export format of the demo model and of its 80 %-pruned version, each measured by running it.
 
 Trains the demo (``transferkit finetune --demo``: MobileNetV2 alpha 0.35, 96 px, the sign-language digits,
-validation split 0.2 seed 0) and prunes it to 80 % (``transferkit prune``, the defaults), unless run folders are
-given, then exports each to every format and reports what ``export.json`` measured: size, gzip size, accuracy on
+validation split 0.2 seed 0) and prunes it to 80 % with quantisation-aware training (``transferkit prune --qat``,
+the defaults otherwise: its ``metrics.json`` holds post-training int8 and QAT int8, both measured), unless run
+folders are given, then exports each to every format and reports what ``export.json`` measured: size, gzip size, accuracy on
 the validation split (run in LiteRT's ``tf.lite.Interpreter``, onnxruntime, or ``tf.saved_model.load`` in a
 process without transferkit), top-1 agreement with the Keras model, largest probability difference, median
 single-image latency and batch throughput on this CPU.
@@ -39,7 +40,7 @@ def _cli(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="a finished demo run (default: train one)")
-    parser.add_argument("--pruned", help="its pruned run (default: prune it to 80 %%)")
+    parser.add_argument("--pruned", help="its pruned run (default: prune it to 80 %% with --qat)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="transferkit-bench-export-"))
     run = args.run or str(work / "demo")
@@ -47,12 +48,13 @@ def main() -> None:
         _cli("finetune", "--demo", "--output", run, "-q")
     pruned = args.pruned or str(work / "pruned")
     if not args.pruned:
-        _cli("prune", run, "--output", pruned, "-q")
+        _cli("prune", run, "--qat", "--output", pruned, "-q")
     rows = {}
     for name, folder in (("demo", run), ("demo pruned 80 %", pruned)):
         out = work / f"export-{len(rows)}"
         _cli("export", folder, "--format", *FORMATS, "--output", str(out))
         rows[name] = json.loads((out / "export.json").read_text())
+        rows[name]["quantization"] = json.loads(Path(folder, "metrics.json").read_text()).get("quantization")
     print(f"{'model':18s} {'format':15s} {'bytes':>10s} {'gzip':>10s} {'accuracy':>9s} {'agreement':>9s} "
           f"{'max|dp|':>8s} {'ms/image':>8s} {'img/s':>7s}")
     for name, report in rows.items():
@@ -63,6 +65,13 @@ def main() -> None:
             print(f"{name:18s} {kind:15s} {a['size_bytes']:>10,d} {a['gzip_bytes']:>10,d} {a['accuracy']:>9.4f} "
                   f"{a['agreement']:>9.4f} {a['max_probability_difference']:>8.4f} {a['latency_ms']:>8.2f} "
                   f"{a['throughput_per_s']:>7.0f}")
+    for name, report in rows.items():
+        q = report["quantization"]
+        if q:
+            print(f"{name}: float {q['float_accuracy']:.4f}; int8 post-training {q['post_training']['accuracy']:.4f} "
+                  f"(agreement {q['post_training']['agreement']:.4f}); int8 QAT {q['qat']['accuracy']:.4f} (agreement "
+                  f"{q['qat']['agreement']:.4f}, {q['epochs']} epoch at {q['learning_rate']:g}, zeros kept "
+                  f"{q['qat']['sparsity_kept']})")
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()}
     (HERE / "export.json").write_text(json.dumps({"machine": machine, "runs": rows}, indent=2) + "\n")
     print(f"wrote {HERE / 'export.json'}")

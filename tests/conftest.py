@@ -74,3 +74,21 @@ def tiny(sign_digits):
     val = np.zeros(len(labels), bool)
     val[np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(3)])] = True
     return ImageSet(images[~val], labels[~val], images[val], labels[val], ("0", "1", "2"), 48)
+
+
+@pytest.fixture(scope="session")
+def digits_run(sign_digits, mobilenet_v2_h5, tmp_path_factory):
+    """A finished tiny run (digits 1-3, 14 photos each, 48 px, head only): ``(root, root / "run")``; read it only."""
+    import shutil
+
+    from transferkit import finetune
+
+    root = tmp_path_factory.mktemp("digits-run")
+    data = root / "digits"
+    for digit in ("1", "2", "3"):
+        (data / digit).mkdir(parents=True)
+        for path in sorted((sign_digits / digit).iterdir())[:14]:
+            shutil.copy(path, data / digit / path.name)
+    finetune(data, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
+             epochs=3, fine_tune_epochs=0, plan="none", batch_size=8, output=root / "run", verbose=0)
+    return root, root / "run"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from transferkit.errors import ModelDirError, RecipeError
-from transferkit.export import FORMATS, calibration_sample, check_formats
+from transferkit.export import FORMATS, check_formats
+from transferkit.quantize import calibration_sample
 
 
 def test_formats_are_checked_before_any_work_and_the_calibration_sample_is_stratified():
@@ -23,18 +24,12 @@ def test_formats_are_checked_before_any_work_and_the_calibration_sample_is_strat
 
 
 @pytest.fixture(scope="module")
-def exported(sign_digits, mobilenet_v2_h5, tmp_path_factory):
-    from transferkit import finetune
+def exported(digits_run, tmp_path_factory):
     from transferkit.export import export
 
+    _, run = digits_run
     root = tmp_path_factory.mktemp("export")
-    data = root / "digits"
-    for digit in ("1", "2", "3"):
-        (data / digit).mkdir(parents=True)
-        for path in sorted((sign_digits / digit).iterdir())[:14]:
-            shutil.copy(path, data / digit / path.name)
-    finetune(data, backbone="mobilenet_v2", variant={"alpha": 0.35}, image_size=48, weights=str(mobilenet_v2_h5),
-             epochs=3, fine_tune_epochs=0, plan="none", batch_size=8, output=root / "run", verbose=0)
+    shutil.copytree(run, root / "run")
     result = export(root / "run", list(FORMATS), root / "out", calibration_images=24, int8_io=True)
     return root, result
 

@@ -56,6 +56,10 @@ def test_patterns_choose_layers_in_model_order_and_bad_choices_are_explained():
         ({"layers": []}, "layers is empty"),
         ({"layers": "everything"}, "must be 'auto' or a list"),
         ({"batch_norm": "train"}, "batch_norm must be one of"),
+        ({"qat_epochs": 0}, "qat_epochs must be an integer >= 1"),
+        ({"qat_learning_rate": 0}, "qat_learning_rate"),
+        ({"calibration_images": 0}, "calibration_images must be an integer >= 1"),
+        ({"qat": "yes"}, "prune.qat"),
     ],
 )
 def test_bad_prune_settings_are_recipe_errors(settings, message):

@@ -27,7 +27,7 @@ from transferkit.errors import TransferkitError
 from transferkit.heads import build_head
 
 __all__ = ["to_tf_keras", "copy_weights_back", "hub_twin", "TwinError", "max_output_difference",
-           "legacy_adam", "legacy_callbacks", "clone_model", "batch_norm_layers"]
+           "legacy_adam", "legacy_callbacks", "clone_model", "batch_norm_layers", "outputs_model"]
 
 
 class TwinError(TransferkitError, ValueError):
@@ -159,6 +159,11 @@ def legacy_adam(learning_rate: float, **options: Any) -> Any:
 def clone_model(model: Any, clone_function: Any) -> Any:
     """``tf_keras.models.clone_model``: the same graph, each layer passed through ``clone_function``."""
     return _tf_keras().models.clone_model(model, clone_function=clone_function)
+
+
+def outputs_model(model: Any, outputs: list) -> Any:
+    """A ``tf_keras`` model from ``model``'s inputs to the given tensors of its graph."""
+    return _tf_keras().Model(model.inputs, outputs)
 
 
 def batch_norm_layers(model: Any) -> list:

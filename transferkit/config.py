@@ -268,6 +268,12 @@ class PruneConfig:
         allocation: ``"uniform"`` or ``"erdos_renyi"`` (see
             :data:`ALLOCATIONS`); either way the pruned kernels together
             reach ``target_sparsity``.
+        qat: After pruning, quantisation-aware training (TF-MOT's
+            pruning-preserving scheme), measured against post-training int8.
+        qat_epochs: Epochs of quantisation-aware training.
+        qat_learning_rate: Its constant Adam rate.
+        calibration_images: Training images (stratified) that calibrate
+            both int8 models.
     """
 
     target_sparsity: float = 0.8
@@ -285,6 +291,10 @@ class PruneConfig:
     summaries: str | None = None
     batch_norm: str = "recalibrate"
     allocation: str = "erdos_renyi"
+    qat: bool = False
+    qat_epochs: int = 1
+    qat_learning_rate: float = 1e-5
+    calibration_images: int = 300
 
     def __post_init__(self):
         _plain_numbers(self)
@@ -296,7 +306,8 @@ class PruneConfig:
         if self.initial_sparsity > self.target_sparsity:
             raise RecipeError(f"prune.initial_sparsity ({self.initial_sparsity}) must not exceed "
                               f"prune.target_sparsity ({self.target_sparsity}).")
-        for name, low in (("epochs", 1), ("frequency", 1), ("batch_size", 1)):
+        for name, low in (("epochs", 1), ("frequency", 1), ("batch_size", 1), ("qat_epochs", 1),
+                          ("calibration_images", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise RecipeError(f"prune.{name} must be an integer >= {low}, got {value!r}.")
@@ -304,6 +315,8 @@ class PruneConfig:
             raise RecipeError(f"prune.ramp must be in (0, 1], got {self.ramp!r}.")
         check_number("prune.learning_rate", self.learning_rate, low=0, low_open=True)
         check_bool("prune.quantize", self.quantize)
+        check_bool("prune.qat", self.qat)
+        check_number("prune.qat_learning_rate", self.qat_learning_rate, low=0, low_open=True)
         check_text("prune.summaries", self.summaries)
         if self.schedule not in SCHEDULES:
             raise RecipeError(f"prune.schedule must be one of {SCHEDULES}, got {self.schedule!r}.")

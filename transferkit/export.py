@@ -43,9 +43,11 @@ import numpy as np
 from transferkit.config import EXPORT_FORMATS, check_number
 from transferkit.errors import DataError, ExportError, ModelDirError, RecipeError
 from transferkit.config import load_recipe
+from transferkit.quantize import (QAT_WEIGHTS_FILE, calibration_sample, configure_int8, in_batches, load_qat,
+                                  qat_tflite, score, tflite_runner)
 from transferkit.runs import atomic_write, check_folder, load_run, run_images
 
-__all__ = ["FORMATS", "ExportResult", "export", "check_formats", "calibration_sample", "ONNX_OPSET"]
+__all__ = ["FORMATS", "ExportResult", "export", "check_formats", "ONNX_OPSET"]
 
 log = logging.getLogger("transferkit")
 
@@ -96,27 +98,6 @@ def check_formats(formats: Sequence[str]) -> list[str]:
     return chosen
 
 
-def calibration_sample(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """Indices of up to ``count`` images, the classes taking turns (a stratified sample), seeded.
-
-    Args:
-        labels: Each training image's class.
-        count: How many to take.
-        seed: Seed of the order within each class.
-
-    Returns:
-        The indices, sorted.
-    """
-    rng = np.random.default_rng(seed)
-    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
-    chosen: list[int] = []
-    while len(chosen) < count and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < count:
-                chosen.append(int(queue.pop()))
-    return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
 def _gzip_size(path: Path) -> int:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return sum(len(gzip.compress(p.read_bytes(), compresslevel=9)) for p in files)
@@ -146,15 +127,15 @@ def _timings(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> dic
             "throughput_per_s": round(len(batch) / seconds, 1)}
 
 
-def _in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int = 64) -> np.ndarray:
-    return np.concatenate([run(images[i:i + size]) for i in range(0, len(images), size)])
-
-
 class _Serving:
-    """The two serving functions around a model: raw pixels, and encoded image bytes decoded in the graph."""
+    """The two serving functions around a model: raw pixels, and encoded image bytes decoded in the graph.
 
-    def __init__(self, model: Any, image_size: int):
-        self.model, self.size = model, image_size
+    ``qat`` is the run's quantisation-aware ``tf_keras`` model (``prune --qat``), which ``tflite-int8``
+    converts instead of post-training quantising the Keras model; ``None`` for other runs.
+    """
+
+    def __init__(self, model: Any, image_size: int, qat: Any = None):
+        self.model, self.size, self.qat = model, image_size, qat
 
     def pixels_spec(self) -> Any:
         import tensorflow as tf
@@ -197,17 +178,7 @@ def _write_tflite(saved_model: Path, path: Path, kind: str, calibration: np.ndar
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif kind == "tflite-int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def representative():
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io:
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
+        configure_int8(converter, calibration, int8_io)
     atomic_write(path, converter.convert())
 
 
@@ -219,37 +190,6 @@ def _write_onnx(serving: _Serving, path: Path) -> None:
     proto, _ = tf2onnx.convert.from_function(tf.function(serving.pixels, input_signature=spec), input_signature=spec,
                                              opset=ONNX_OPSET)
     atomic_write(path, proto.SerializeToString())
-
-
-def _tflite_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    shape = None
-
-    def run(images: np.ndarray) -> np.ndarray:
-        nonlocal shape
-        if shape != images.shape:
-            interpreter.resize_tensor_input(inp["index"], images.shape)
-            interpreter.allocate_tensors()
-            shape = images.shape
-        x = images.astype(np.float32)
-        scale, zero = inp["quantization"]
-        if inp["dtype"] != np.float32:  # uint8/int8 input: quantised as the converter said
-            x = np.clip(np.round(x / scale + zero) if scale else x, *_limits(inp["dtype"])).astype(inp["dtype"])
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])
-        scale, zero = out["quantization"]
-        return (y.astype(np.float32) - zero) * scale if out["dtype"] != np.float32 and scale else y
-
-    return run
-
-
-def _limits(dtype: Any) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    return int(info.min), int(info.max)
 
 
 def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -350,15 +290,6 @@ def _contract(metrics: dict[str, Any], artifacts: dict[str, dict[str, Any]]) -> 
             "backbone": metrics["backbone"], "artifacts": contract}
 
 
-def _score(probabilities: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    from transferkit.scores import class_probabilities
-
-    p, r = class_probabilities(probabilities), class_probabilities(reference)
-    return {"accuracy": round(float(np.mean(p.argmax(1) == labels)), 4),
-            "agreement": round(float(np.mean(p.argmax(1) == r.argmax(1))), 4),
-            "max_probability_difference": round(float(np.max(np.abs(p - r))), 5)}
-
-
 def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.PathLike, *,
            data: str | os.PathLike | None = None, calibration_images: int = 300, int8_io: bool = False,
            min_agreement: float = 0.99) -> ExportResult:
@@ -399,10 +330,11 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     images = run_images(recipe, data_folder, int(metrics["image_size"]), metrics["class_names"],
                         purpose="measuring the exports")
     x, y = images.x_val.astype(np.float32), images.y_val
+    qat = _qat_model(run_dir) if "tflite-int8" in chosen else None
     started = time.perf_counter()
     keras_run = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
-    reference = _in_batches(keras_run, x)
-    result = ExportResult(str(folder), {"format": "keras", "images": int(len(y)), **_score(reference, reference, y),
+    reference = in_batches(keras_run, x)
+    result = ExportResult(str(folder), {"format": "keras", "images": int(len(y)), **score(reference, reference, y),
                                         **_timings(keras_run, x), "size_bytes": _size(run_dir / "model.keras"),
                                         "gzip_bytes": _gzip_size(run_dir / "model.keras")})
     calibration = images.x_train[calibration_sample(images.y_train, calibration_images, recipe.seed)]
@@ -411,7 +343,7 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     stage.mkdir(parents=True)
     try:
         with tempfile.TemporaryDirectory(prefix="transferkit-export-") as work:
-            serving = _Serving(model, int(metrics["image_size"]))
+            serving = _Serving(model, int(metrics["image_size"]), qat)
             serving.write_saved_model(Path(work) / "saved_model")
             for kind in chosen:
                 measured = _export_one(kind, serving, Path(work), stage, calibration, int8_io, x, y, reference)
@@ -424,6 +356,17 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return result
+
+
+def _qat_model(run_dir: Path) -> Any:
+    """The quantisation-aware model of a ``prune --qat`` run, rebuilt from its weights file; ``None`` for others."""
+    path = run_dir / QAT_WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    from transferkit.compat import to_tf_keras
+    from transferkit.runs import load_transfer
+
+    return load_qat(to_tf_keras(load_transfer(run_dir)[0]), path.read_bytes(), str(path))
 
 
 def _write_summary(stage: Path, run_dir: Path, metrics: dict[str, Any], result: ExportResult, *,
@@ -459,10 +402,14 @@ def _export_one(kind: str, serving: _Serving, work: Path, stage: Path, calibrati
             if kind == "onnx":
                 _write_onnx(serving, target)
                 runner = _onnx_runner(target)
+            elif kind == "tflite-int8" and serving.qat is not None:
+                atomic_write(target, qat_tflite(serving.qat, calibration, int8_io=int8_io))
+                runner, extra = tflite_runner(target), {**_tflite_io(target), "quantization": "qat"}
             else:
                 _write_tflite(work / "saved_model", target, kind, calibration, int8_io)
-                runner, extra = _tflite_runner(target), _tflite_io(target)
-            probabilities = _in_batches(runner, x)
+                runner, extra = tflite_runner(target), _tflite_io(target)
+                extra.update({"quantization": "post-training"} if kind == "tflite-int8" else {})
+            probabilities = in_batches(runner, x)
             timings = _timings(runner, x)
     except (ExportError, KeyboardInterrupt):
         raise
@@ -470,7 +417,7 @@ def _export_one(kind: str, serving: _Serving, work: Path, stage: Path, calibrati
         raise ExportError(f"Exporting {kind} failed ({type(error).__name__}: {str(error).strip()[:300]}). The other "
                           "formats may still export: leave this one out of --format.") from None
     return {"file": target.name, "size_bytes": _size(target), "gzip_bytes": _gzip_size(target),
-            **_score(probabilities, reference, y), **timings, **extra}
+            **score(probabilities, reference, y), **timings, **extra}
 
 
 def _tflite_io(path: Path) -> dict[str, Any]:

@@ -62,6 +62,7 @@ __all__ = [
     "prune_transfer",
     "wrap_for_pruning",
     "prune",
+    "quantize_pruned",
     "SCHEDULES",
     "STRUCTURES",
     "ALLOCATIONS",
@@ -260,12 +261,14 @@ class PruneResult:
         metrics: Sparsity, accuracy and sizes before and after.
         history: One row per pruning epoch.
         tflite: The ``.tflite`` file's bytes.
+        files: Other run files (``--qat``: ``model_int8.tflite`` and ``qat_weights.npz``).
     """
 
     model: Any
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     tflite: bytes = b""
+    files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def val_accuracy(self) -> float | None:
@@ -450,8 +453,75 @@ def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict,
         "config": config.to_dict(),
         "steps": steps,
         "seconds": None,
+        "quantization": None,
     }
     return {key: values[key] for key in PRUNE_KEYS}  # a key missing there would not survive RunRecord
+
+
+def quantize_pruned(transfer, images, config: PruneConfig, *, batch_size: int, seed: int, verbose: int | None = None,
+                    callbacks: Sequence[Any] = ()) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]:
+    """Post-training int8 against quantisation-aware training, both measured in the TFLite interpreter.
+
+    Both full-integer files are calibrated on the same stratified training
+    sample and scored on the validation split against the float (pruned)
+    Keras model. The quantisation-aware model is TF-MOT's pruning-preserving
+    scheme over the model's ``tf_keras`` twin, its ranges calibrated first
+    (:func:`~transferkit.quantize.calibrate_ranges`), then trained
+    ``config.qat_epochs`` at ``config.qat_learning_rate``; the Keras model
+    is left as it was.
+
+    Args:
+        transfer: The pruned :class:`~transferkit.model.TransferModel`.
+        images: The :class:`~transferkit.data.ImageSet`.
+        config: The pruning settings (``qat_*``, ``calibration_images``).
+        batch_size: Batch size of the quantisation-aware training.
+        seed: Calibration sample and shuffle seed.
+        verbose: Keras verbosity.
+        callbacks: Extra Keras callbacks for the training.
+
+    Returns:
+        ``(quantization, files, history rows)``: the measurements for ``metrics.json``, the run files
+        ``model_int8.tflite`` (the quantisation-aware model's) and ``qat_weights.npz``, and one row per epoch.
+    """
+    from transferkit.compat import to_tf_keras
+    from transferkit.quantize import (QAT_WEIGHTS_FILE, calibrate_ranges, calibration_sample, in_batches,
+                                      int8_tflite, qat_tflite, qat_weights, quantize_aware, score, tflite_runner,
+                                      train_quantize_aware)
+
+    started = time.perf_counter()
+    calibration = images.x_train[calibration_sample(images.y_train, config.calibration_images, seed)]
+    x, y = images.x_val.astype(np.float32), images.y_val
+    reference = in_batches(lambda batch: np.asarray(transfer.model.predict(batch, verbose=0)), x)
+    post_training = int8_tflite(transfer.model, calibration)
+    twin = to_tf_keras(transfer)
+    model = quantize_aware(twin)
+    calibrate_ranges(model, twin, calibration)
+    log.info("Quantisation-aware training: %d epochs at %g", config.qat_epochs, config.qat_learning_rate)
+    rows = train_quantize_aware(model, images, transfer.task, epochs=config.qat_epochs,
+                                learning_rate=config.qat_learning_rate, batch_size=batch_size, seed=seed,
+                                verbose=2 if verbose is None else verbose, callbacks=callbacks)
+    aware = qat_tflite(model, calibration)
+    measured = {name: {**score(in_batches(tflite_runner(data), x), reference, y), "tflite_bytes": len(data),
+                       "tflite_gzip": len(gzip.compress(data, 9))}
+                for name, data in (("post_training", post_training), ("qat", aware))}
+    measured["qat"]["sparsity_kept"] = _zeros_kept(model, transfer.model)
+    quantization = {"calibration_images": int(len(calibration)), "epochs": config.qat_epochs,
+                    "learning_rate": config.qat_learning_rate, "float_accuracy": score(reference, reference, y)["accuracy"],
+                    **measured, "seconds": round(time.perf_counter() - started, 1)}
+    return quantization, {"model_int8.tflite": aware, QAT_WEIGHTS_FILE: qat_weights(model)}, rows
+
+
+def _zeros_kept(aware: Any, pruned: Any) -> float | None:
+    """Share of the pruned model's zero kernel weights still zero in the quantisation-aware model."""
+    kernels = {layer.name: np.asarray(layer.kernel) for layer in pruned.layers if hasattr(layer, "kernel")}
+    kept = total = 0
+    for layer in aware.layers:
+        inner = getattr(layer, "layer", None)
+        variables = [v for v in layer.weights if v.name.split("/")[-1] == "kernel:0"]  # the wrapper holds them
+        if inner is not None and inner.name in kernels and len(variables) == 1:  # the variable, not its fake quant
+            zeros = kernels[inner.name] == 0
+            kept, total = kept + int(np.count_nonzero(np.asarray(variables[0])[zeros] == 0)), total + int(zeros.sum())
+    return round(kept / total, 4) if total else None
 
 
 def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int) -> int:
@@ -549,13 +619,18 @@ def prune(
             config = dataclasses.replace(config, summaries=os.path.join(board[0].log_dir, "sparsity"))
         result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
                                 verbose=verbose, checkpoint=checkpoint, history=before, callbacks=(*callbacks, *board))
+        if config.qat:
+            quantization, result.files, rows = quantize_pruned(
+                transfer, images, config, batch_size=config.batch_size or recipe.batch_size, seed=recipe.seed,
+                verbose=verbose, callbacks=(*callbacks, *board))
+            result.metrics["quantization"], result.history = quantization, result.history + rows
     result.history = before + result.history
     record, extras = _pruned_record(run_metrics, result, str(Path(run_dir).resolve()), transfer, images, recipe)
     result.metrics = record.to_dict()
     if output is not None:
         compile_model(transfer.model, transfer.task)
         save_run(output, model=result.model, record=record, history=result.history, recipe=pruned_recipe,
-                 tflite=result.tflite, overwrite=overwrite, extras=extras)
+                 tflite=result.tflite, overwrite=overwrite, extras={**extras, **result.files})
         report_quietly(output)
     return result
 

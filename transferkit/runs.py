@@ -41,7 +41,7 @@ log = logging.getLogger("transferkit")
 #: Keys a pruning stage adds to ``metrics.json`` (at the top level, as they always were).
 PRUNE_KEYS = ("sparsity", "val_accuracy_before", "val_accuracy_after", "val_loss_before", "val_loss_after",
               "size_bytes", "gzip_ratio", "layer_sparsity", "layer_targets", "pruned_weights", "model_weights",
-              "model_sparsity", "twin_max_difference", "config", "steps", "seconds")
+              "model_sparsity", "twin_max_difference", "config", "steps", "seconds", "quantization")
 
 
 @dataclass
@@ -242,6 +242,7 @@ STATE_DIR = ".state"
 #: What a run folder may hold: the files transferkit writes, and its own hidden working names.
 RUN_FILES = frozenset({"model.keras", "metrics.json", "history.csv", "recipe.yaml", "model.tflite", "saved_model",
                        "evaluation.json", "lr_find.json", "lr_find.png", "top_losses.npz", "report.html",
+                       "model_int8.tflite", "qat_weights.npz",
                        "report.md", "MODEL_CARD.md", "plots"})
 #: The TensorBoard logs (``--tensorboard``): written while the run trains, kept across runs (one sub-folder a run).
 TENSORBOARD_DIR = "tensorboard"

@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   transferkit prune runs/demo --target-sparsity 0.8 --epochs 10 --output runs/demo-pruned
   transferkit prune runs/flowers --data data/flowers --layers 'block_1[3-6]_*' Conv_1 --output runs/flowers-sparse
   transferkit prune runs/demo --structure 2:4 --quantize --output runs/demo-24
+  transferkit prune runs/demo --qat --output runs/demo-pruned-qat   # then: transferkit export ... --format tflite-int8
 """
 
 
@@ -41,6 +42,14 @@ def register(commands) -> argparse.ArgumentParser:
     pruning.add_argument("--batch-norm", choices=["recalibrate", "frozen"],
                          help="BatchNorm while pruning (default recalibrate: batch statistics, then recomputed)")
     pruning.add_argument("--quantize", action="store_true", help="dynamic-range quantised model.tflite")
+    pruning.add_argument("--qat", action="store_true",
+                         help="after pruning, quantisation-aware training (TF-MOT, pruning-preserving), measured "
+                         "against post-training int8 in the TFLite interpreter; writes model_int8.tflite and "
+                         "qat_weights.npz, which `transferkit export --format tflite-int8` converts from")
+    pruning.add_argument("--qat-epochs", type=int, help="epochs of quantisation-aware training (default 1)")
+    pruning.add_argument("--qat-learning-rate", type=float, help="its constant learning rate (default 1e-5)")
+    pruning.add_argument("--calibration-images", type=int,
+                         help="training images (stratified) calibrating both int8 models (default 300)")
     pruning.add_argument("--summaries", help="folder for TF-MOT's TensorBoard pruning summaries")
     pruning.add_argument("--tensorboard", action="store_true",
                          help="write TensorBoard logs under OUTPUT/tensorboard (the pruning stage's losses, "
@@ -64,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
                    epochs=args.epochs, learning_rate=args.learning_rate, schedule=args.schedule,
                    structure=args.structure, layers=tuple(args.layers) if args.layers else None,
                    allocation=args.allocation, batch_norm=args.batch_norm,
-                   quantize=args.quantize or None, summaries=args.summaries)
+                   quantize=args.quantize or None, summaries=args.summaries, qat=args.qat or None,
+                   qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_learning_rate,
+                   calibration_images=args.calibration_images)
     m = result.metrics
     before, after = m["size_bytes"]["before"], m["size_bytes"]["after"]
     print(f"pruned {len(m['layer_sparsity'])} layers ({m['pruned_weights']} of {m['model_weights']} weights): "
@@ -72,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"val_accuracy {m['val_accuracy_before']} -> {m['val_accuracy_after']}")
     for key in ("keras", "keras_gzip", "tflite", "tflite_gzip"):
         print(f"{key:12s} {before[key]:>10,d} -> {after[key]:>10,d} bytes ({before[key] / after[key]:.2f}x smaller)")
+    quantization = m.get("quantization")
+    if quantization:
+        for name, label in (("post_training", "int8 post-training"), ("qat", "int8 quantisation-aware")):
+            q = quantization[name]
+            print(f"{label:24s} val_accuracy {q['accuracy']:.4f} (float {quantization['float_accuracy']:.4f}), "
+                  f"agreement {q['agreement']:.4f}, {q['tflite_gzip']:,d} bytes gzip")
     print(f"wrote {os.path.join(args.output, 'model.keras')}, model.tflite, metrics.json, history.csv, recipe.yaml"
+          f"{', model_int8.tflite, qat_weights.npz' if quantization else ''}"
           f"{report_files(args.output)}")
     return 0
