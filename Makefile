@@ -20,12 +20,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/transferkit finetune --demo --output runs/demo --overwrite
 
+# Two workers (pytest-xdist), a test file on one worker: TensorFlow's graph building leaves a core idle.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The slow tests too: every registry backbone built and grouped, the recipe prune stage killed and resumed.
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "slow or not slow"
 
 # Run every notebook top to bottom on the real recipes and keep the outputs (about 25 minutes).
 notebooks: $(VENV)/.installed

@@ -3,7 +3,8 @@
 Trains the demo (``transferkit finetune --demo``: MobileNetV2 alpha 0.35, 96 px, the sign-language digits,
 validation split 0.2 seed 0) and prunes it to 80 % with quantisation-aware training (``transferkit prune --qat``,
 the defaults otherwise: its ``metrics.json`` holds post-training int8 and QAT int8, both measured), unless run
-folders are given, then exports each to every format and reports what ``export.json`` measured: size, gzip size, accuracy on
+folders are given; makes the unpruned demo's quantisation-aware int8 (``prune --target-sparsity 0 --qat``); then
+exports each to every format and reports what ``export.json`` measured: size, gzip size, accuracy on
 the validation split (run in LiteRT's ``tf.lite.Interpreter``, onnxruntime, or ``tf.saved_model.load`` in a
 process without transferkit), top-1 agreement with the Keras model, largest probability difference, median
 single-image latency and batch throughput on this CPU.
@@ -49,20 +50,23 @@ def main() -> None:
     pruned = args.pruned or str(work / "pruned")
     if not args.pruned:
         _cli("prune", run, "--qat", "--output", pruned, "-q")
+    aware = str(work / "qat")  # the unpruned demo, quantisation-aware trained: --target-sparsity 0 prunes nothing
+    _cli("prune", run, "--target-sparsity", "0", "--qat", "--output", aware, "-q")
     rows = {}
-    for name, folder in (("demo", run), ("demo pruned 80 %", pruned)):
+    for name, folder, formats in (("demo", run, FORMATS), ("demo pruned 80 %", pruned, FORMATS),
+                                  ("demo + QAT (unpruned)", aware, ["tflite-int8"])):
         out = work / f"export-{len(rows)}"
-        _cli("export", folder, "--format", *FORMATS, "--output", str(out))
+        _cli("export", folder, "--format", *formats, "--output", str(out))
         rows[name] = json.loads((out / "export.json").read_text())
         rows[name]["quantization"] = json.loads(Path(folder, "metrics.json").read_text()).get("quantization")
-    print(f"{'model':18s} {'format':15s} {'bytes':>10s} {'gzip':>10s} {'accuracy':>9s} {'agreement':>9s} "
+    print(f"{'model':22s} {'format':15s} {'bytes':>10s} {'gzip':>10s} {'accuracy':>9s} {'agreement':>9s} "
           f"{'max|dp|':>8s} {'ms/image':>8s} {'img/s':>7s}")
     for name, report in rows.items():
         ref = report["reference"]
-        print(f"{name:18s} {'keras':15s} {ref['size_bytes']:>10,d} {ref['gzip_bytes']:>10,d} {ref['accuracy']:>9.4f} "
+        print(f"{name:22s} {'keras':15s} {ref['size_bytes']:>10,d} {ref['gzip_bytes']:>10,d} {ref['accuracy']:>9.4f} "
               f"{1:>9.4f} {0:>8.4f} {ref['latency_ms']:>8.2f} {ref['throughput_per_s']:>7.0f}")
         for kind, a in report["artifacts"].items():
-            print(f"{name:18s} {kind:15s} {a['size_bytes']:>10,d} {a['gzip_bytes']:>10,d} {a['accuracy']:>9.4f} "
+            print(f"{name:22s} {kind:15s} {a['size_bytes']:>10,d} {a['gzip_bytes']:>10,d} {a['accuracy']:>9.4f} "
                   f"{a['agreement']:>9.4f} {a['max_probability_difference']:>8.4f} {a['latency_ms']:>8.2f} "
                   f"{a['throughput_per_s']:>7.0f}")
     for name, report in rows.items():

@@ -158,6 +158,19 @@ def test_a_pruned_model_loads_in_plain_keras_without_transferkit_and_keeps_its_z
     assert json.loads(done.stdout.strip().splitlines()[-1]) == zeros
 
 
+def test_a_target_of_zero_leaves_the_model_untouched_and_untrained(tiny, mobilenet_v2_h5):
+    from transferkit.model import build_model
+    from transferkit.prune import prune_transfer
+
+    transfer = build_model("mobilenet_v2", num_outputs=tiny.num_classes, image_size=48, alpha=0.35,
+                           weights=str(mobilenet_v2_h5))
+    weights = [np.array(w) for w in transfer.model.get_weights()]
+    result = prune_transfer(transfer, tiny, PruneConfig(target_sparsity=0.0, epochs=3), batch_size=8, verbose=0)
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(weights, transfer.model.get_weights()))
+    assert result.history == [] and result.metrics["val_accuracy_after"] == result.metrics["val_accuracy_before"]
+    assert set(result.metrics["layer_targets"].values()) == {0.0} and result.tflite
+
+
 def test_erdos_renyi_prunes_big_kernels_harder_and_meets_the_global_target():
     from transferkit.prune import MAX_LAYER_SPARSITY, allocate_sparsity
 

@@ -59,6 +59,8 @@ def test_qat_is_measured_against_post_training_int8_and_keeps_the_pruned_zeros(q
     assert len(rows) == 1 and "val_accuracy" in rows[0]
     aware = (folder / "model_int8.tflite").read_bytes()
     assert len(aware) == quantization["qat"]["tflite_bytes"] and (folder / "qat_weights.npz").is_file()
+    report = (folder / "report.md").read_text()  # the report's pruning table has both int8 rows
+    assert "int8 post-training" in report and "int8 quantisation-aware" in report
 
 
 @pytest.mark.slow  # 70 s; make test-all runs it (the QAT conversion itself is covered by the prune test's file)

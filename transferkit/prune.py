@@ -359,9 +359,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     Pruned layers train; the other layers keep their ``trainable`` flags;
     BatchNorm follows ``config.batch_norm`` (recalibrated: batch statistics
     while pruning, moving statistics recomputed at the end, so per-epoch
-    validation would read stale statistics and is skipped; frozen:
-    inference mode, validated each epoch). The final weights are kept (not
-    the best epoch), because only they have the target sparsity.
+    validation would read stale statistics and is skipped; frozen: inference mode, validated each epoch).
+    The final weights are kept (only they have the target sparsity). A target of 0 changes nothing.
 
     Args:
         transfer: A :class:`~transferkit.model.TransferModel`; its Keras 3
@@ -372,10 +371,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
         seed: Shuffle seed.
         verbose: Keras verbosity.
         callbacks: Extra Keras callbacks for the pruning stage.
-        checkpoint: A :class:`~transferkit.training.Checkpoint`: the state is
-            saved at each epoch end (the twin's weights, masks and pruning step
-            as ``pruned``), and a stage ``prune`` it holds resumes after its
-            last finished epoch.
+        checkpoint: A :class:`~transferkit.training.Checkpoint`: the state is saved at each epoch end (the
+            twin's weights, masks and pruning step as ``pruned``); a stage ``prune`` it holds resumes.
         history: The run's rows before this stage (saved with the state).
 
     Returns:
@@ -396,7 +393,9 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     batch = config.batch_size or batch_size
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, batch))
     before = _evaluate(transfer, val_ds)
-    sizes_before, _ = model_sizes(transfer.model, quantize=config.quantize)
+    sizes_before, tflite_before = model_sizes(transfer.model, quantize=config.quantize)
+    if config.sparsity == 0:  # nothing to prune (``--target-sparsity 0 --qat``: quantisation-aware training alone)
+        return _left_as_is(transfer, names, before, (sizes_before, tflite_before), config, started)
     steps = math.ceil(len(images.y_train) / batch)
     total = config.epochs * steps
     end = max(1, round(config.ramp * total))
@@ -406,8 +405,8 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
                                 "uniform" if config.structure == "2:4" else config.allocation)
     twin, pruned = _pruning_twin(transfer, targets, config, end=end, frequency=frequency)
     resume = _resume(pruned, checkpoint, config.epochs)
-    tfmot_callbacks = [sparsity.UpdatePruningStep()]
-    tfmot_callbacks += [sparsity.PruningSummaries(log_dir=config.summaries)] if config.summaries else []
+    tfmot_callbacks = [sparsity.UpdatePruningStep(), *([sparsity.PruningSummaries(log_dir=config.summaries)]
+                                                        if config.summaries else [])]
     train_ds = make_dataset(images.x_train, images.y_train, batch_size=batch, shuffle=True, seed=seed,
                             augment=augment_config(config.augment))
     log.info("Pruning %d layers to %.0f %% sparsity over %d epochs (%s schedule, %s)", len(names),
@@ -424,13 +423,22 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     copy_weights_back(stripped, transfer)
     after = _evaluate(transfer, val_ds)
     sizes_after, tflite = model_sizes(transfer.model, quantize=config.quantize)
-    report = sparsity_report(transfer.model, names)
     history = [{"stage": "prune", **row} for row in fit.rows]
-    metrics = _report(report, before, after, {"before": sizes_before, "after": sizes_after}, targets, config,
+    metrics = _report(sparsity_report(transfer.model, names), before, after, {"before": sizes_before, "after": sizes_after}, targets, config,
                       {"per_epoch": steps, "ramp_end": end, "frequency": frequency})
     metrics.update(twin_max_difference=max_output_difference(transfer, stripped, images.x_val[:16]),
                    seconds=round(time.perf_counter() - started, 2))
     return PruneResult(transfer.model, metrics, history, tflite)
+
+
+def _left_as_is(transfer, names: Sequence[str], before: dict, sizes: tuple[dict, bytes], config: PruneConfig,
+                started: float) -> PruneResult:
+    """A target of 0: no pruning stage, no training, no BatchNorm recalibration; the model measured as it is."""
+    log.info("Target sparsity 0: nothing is pruned and the model is not trained.")
+    metrics = _report(sparsity_report(transfer.model, names), before, before, {"before": sizes[0], "after": sizes[0]},
+                      {name: 0.0 for name in names}, config, {"per_epoch": 0, "ramp_end": 0, "frequency": 0})
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    return PruneResult(transfer.model, metrics, [], sizes[1])
 
 
 def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict, config: PruneConfig,

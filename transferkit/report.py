@@ -248,6 +248,11 @@ def _extras(metrics: dict[str, Any], figures: _Figures) -> list[Section]:
         rows = [(when, _fmt(metrics.get(f"val_accuracy_{when}")),
                  *[sizes.get(when, {}).get(k, "–") for k in ("keras", "keras_gzip", "tflite", "tflite_gzip")])
                 for when in ("before", "after")]
+        quantization = metrics.get("quantization") or {}  # prune --qat: both full-integer files, measured
+        rows += [(label, _fmt(quantization[key]["accuracy"]), "–", "–", quantization[key]["tflite_bytes"],
+                  quantization[key]["tflite_gzip"]) for key, label in (("post_training", "after, int8 post-training"),
+                                                                       ("qat", "after, int8 quantisation-aware"))
+                 if key in quantization]
         blocks.append(Block("table", headers=("model", "val accuracy", ".keras bytes", ".keras gzip", ".tflite bytes",
                                               ".tflite gzip"), rows=rows))
         blocks.append(Block("p", text=f"Global sparsity of the pruned kernels {_fmt(metrics.get('sparsity'))}, "

@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("keras", "model.keras", f"{ref['size_bytes']:,}", f"{ref['gzip_bytes']:,}", f"{ref['accuracy']:.4f}",
                  "1.0000", "0", f"{ref['latency_ms']:.2f}", f"{ref['throughput_per_s']:.0f}"))
     for kind, a in result.artifacts.items():
-        rows.append((kind + ("" if a["passed"] else " (FAILED)"), a["file"], f"{a['size_bytes']:,}",
+        label = kind + (" (QAT)" if a.get("quantization") == "qat" else "")
+        rows.append((label + ("" if a["passed"] else " (FAILED)"), a["file"], f"{a['size_bytes']:,}",
                      f"{a['gzip_bytes']:,}", f"{a['accuracy']:.4f}", f"{a['agreement']:.4f}",
                      f"{a['max_probability_difference']:.4f}", f"{a['latency_ms']:.2f}",
                      f"{a['throughput_per_s']:.0f}"))
