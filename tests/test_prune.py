@@ -158,6 +158,15 @@ def test_a_pruned_model_loads_in_plain_keras_without_transferkit_and_keeps_its_z
     assert json.loads(done.stdout.strip().splitlines()[-1]) == zeros
 
 
+def test_qat_in_a_finetune_recipe_and_qat_options_without_qat_are_refused(tmp_path):
+    from transferkit import finetune
+    from transferkit.cli import main
+
+    with pytest.raises(RecipeError, match="transferkit prune RUN_DIR --qat"):
+        finetune(tmp_path, prune=PruneConfig(qat=True), output=tmp_path / "out")
+    assert main(["prune", str(tmp_path), "--output", str(tmp_path / "p"), "--qat-epochs", "2"]) == 2
+
+
 def test_a_target_of_zero_leaves_the_model_untouched_and_untrained(tiny, mobilenet_v2_h5):
     from transferkit.model import build_model
     from transferkit.prune import prune_transfer

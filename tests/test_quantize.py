@@ -80,4 +80,7 @@ def test_export_converts_the_quantisation_aware_model_and_a_tampered_weights_fil
     np.savez(run / "qat_weights.npz", np.zeros(3))
     with pytest.raises(ModelDirError, match="quantisation-aware weights"):
         export(run, ["tflite-int8"], tmp_path / "out2")
+    (run / "qat_weights.npz").write_bytes(b"PK\x03\x04 truncated")  # a damaged zip: the same one error
+    with pytest.raises(ModelDirError, match="quantisation-aware weights"):
+        export(run, ["tflite-int8"], tmp_path / "out2")
     assert not (tmp_path / "out2").exists()

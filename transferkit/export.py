@@ -10,7 +10,8 @@ Formats (:data:`FORMATS`):
 * ``tflite`` (float32), ``tflite-float16`` (float16 weights) and
   ``tflite-int8`` (full-integer post-training quantisation, calibrated on a
   stratified sample of the run's training images; ``int8_io`` makes the
-  input ``uint8`` pixels and the output ``uint8`` probabilities).
+  input ``uint8`` pixels and the output ``uint8`` probabilities); for a
+  ``prune --qat`` run, its quantisation-aware model converted instead.
 * ``onnx``: through tf2onnx (opset :data:`ONNX_OPSET`).
 
 Every artifact is then run where a user would run it — ``tf.lite.Interpreter``

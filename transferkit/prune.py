@@ -649,7 +649,9 @@ def _pruned_record(run_metrics: dict[str, Any], result: PruneResult, source: str
     record = RunRecord.from_dict(run_metrics)
     record.val_accuracy, record.val_loss = result.metrics["val_accuracy_after"], result.metrics["val_loss_after"]
     record.pruning, record.source_run = result.metrics, source
-    record.seconds_total, record.versions = result.metrics["seconds"], versions()
+    quantization = result.metrics.get("quantization") or {}
+    record.seconds_total = round(result.metrics["seconds"] + quantization.get("seconds", 0), 2)
+    record.versions = versions()
     # the source run's scores, diagnosis and techniques are not the pruned model's (its stages stay: its history)
     record.diagnosis = record.validation_scores = record.tta = record.ema = record.snapshots = None
     if record.task not in ("multiclass", "binary"):

@@ -36,6 +36,7 @@ import io
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -222,9 +223,8 @@ def _is_batch_norm(layer: Any) -> bool:
 def quantize_aware(twin: Any) -> Any:
     """The ``tf_keras`` twin with fake quantisation (TF-MOT's pruning-preserving 8-bit scheme).
 
-    The twin's layers are shared with the result (its weights are the same
-    variables until training); BatchNorm is frozen (inference mode), every
-    other layer trains.
+    The result is TF-MOT's copy of the twin with the twin's weights; BatchNorm
+    is frozen (inference mode), every other layer trains.
 
     Args:
         twin: A ``tf_keras`` model (:func:`~transferkit.compat.to_tf_keras`), pruned or not.
@@ -281,9 +281,10 @@ def calibrate_ranges(model: Any, twin: Any, images: np.ndarray) -> int:
     wanted = []
     for layer in model.layers:
         found = _range_variables(layer)
-        if "quantize_layer_min" in found:  # the model's input: pixels
-            found["quantize_layer_min"].assign(min(float(x.min()), 0.0))
-            found["quantize_layer_max"].assign(max(float(x.max()), 0.0))
+        if type(layer).__name__ == "QuantizeLayer":  # the model's input (pixels); its name is numbered per process
+            for name, variable in found.items():
+                if name.endswith(("_min", "_max")):
+                    variable.assign(min(float(x.min()), 0.0) if name.endswith("_min") else max(float(x.max()), 0.0))
             continue
         original = floats.get(layer.name.removeprefix("quant_"))
         for kind in _RANGES:
@@ -366,7 +367,7 @@ def load_qat(twin: Any, data: bytes, source: str) -> Any:
         with np.load(io.BytesIO(data)) as stored:
             arrays = [stored[f"arr_{i}"] for i in range(len(stored.files))]
         model.set_weights(arrays)
-    except (ValueError, KeyError, OSError) as error:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise ModelDirError(f"{source} does not hold this run's quantisation-aware weights ({error}). It was "
                             "changed or belongs to another run: prune again with --qat, or delete it to export "
                             "post-training int8.") from None

@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise RecipeError("Give --output DIR: the folder that receives the pruned model.keras, model.tflite "
                           "and metrics.json.")
+    if not args.qat and any(v is not None for v in (args.qat_epochs, args.qat_learning_rate,
+                                                     args.calibration_images)):
+        raise RecipeError("--qat-epochs, --qat-learning-rate and --calibration-images set quantisation-aware "
+                          "training: add --qat.")
     from transferkit.prune import prune
 
     result = prune(args.run_dir, args.data, output=args.output, verbose=0 if args.quiet else 2,
