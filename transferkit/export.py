@@ -324,14 +324,13 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     folder = _check_output(output)
     run_dir = Path(run_dir).expanduser()
     recipe, data_folder = _run_recipe(run_dir, data)
-    model, metrics = load_run(run_dir)
+    model, metrics, qat = _load(run_dir, quantized="tflite-int8" in chosen)
     if metrics["task"] not in ("multiclass", "binary"):
         raise ModelDirError(f"{str(run_dir)!r} is a {metrics['task']} run: export measures classifiers (multiclass "
                             "or binary) by their accuracy and agreement, and serves their probabilities.")
     images = run_images(recipe, data_folder, int(metrics["image_size"]), metrics["class_names"],
                         purpose="measuring the exports")
     x, y = images.x_val.astype(np.float32), images.y_val
-    qat = _qat_model(run_dir) if "tflite-int8" in chosen else None
     started = time.perf_counter()
     keras_run = lambda batch: np.asarray(model.predict(batch, verbose=0))  # noqa: E731
     reference = in_batches(keras_run, x)
@@ -359,15 +358,20 @@ def export(run_dir: str | os.PathLike, formats: Sequence[str], output: str | os.
     return result
 
 
-def _qat_model(run_dir: Path) -> Any:
-    """The quantisation-aware model of a ``prune --qat`` run, rebuilt from its weights file; ``None`` for others."""
+def _load(run_dir: Path, *, quantized: bool) -> tuple[Any, dict[str, Any], Any]:
+    """The run's Keras model and metrics, and its quantisation-aware model when ``quantized`` and it has one.
+
+    A ``prune --qat`` run is loaded once, as a :class:`~transferkit.model.TransferModel` whose ``tf_keras``
+    twin the quantisation-aware model is rebuilt on from :data:`~transferkit.quantize.QAT_WEIGHTS_FILE`.
+    """
     path = run_dir / QAT_WEIGHTS_FILE
-    if not path.is_file():
-        return None
+    if not (quantized and path.is_file()):
+        return (*load_run(run_dir), None)
     from transferkit.compat import to_tf_keras
     from transferkit.runs import load_transfer
 
-    return load_qat(to_tf_keras(load_transfer(run_dir)[0]), path.read_bytes(), str(path))
+    transfer, metrics, _ = load_transfer(run_dir)
+    return transfer.model, metrics, load_qat(to_tf_keras(transfer), path.read_bytes(), str(path))
 
 
 def _write_summary(stage: Path, run_dir: Path, metrics: dict[str, Any], result: ExportResult, *,

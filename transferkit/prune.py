@@ -492,7 +492,7 @@ def quantize_pruned(transfer, images, config: PruneConfig, *, batch_size: int, s
         ``model_int8.tflite`` (the quantisation-aware model's) and ``qat_weights.npz``, and one row per epoch.
     """
     from transferkit.compat import to_tf_keras
-    from transferkit.quantize import (QAT_WEIGHTS_FILE, calibrate_ranges, calibration_sample, in_batches,
+    from transferkit.quantize import (QAT_TFLITE_FILE, QAT_WEIGHTS_FILE, calibrate_ranges, calibration_sample, in_batches,
                                       int8_tflite, qat_tflite, qat_weights, quantize_aware, score, tflite_runner,
                                       train_quantize_aware)
 
@@ -516,7 +516,7 @@ def quantize_pruned(transfer, images, config: PruneConfig, *, batch_size: int, s
     quantization = {"calibration_images": int(len(calibration)), "epochs": config.qat_epochs,
                     "learning_rate": config.qat_learning_rate, "float_accuracy": score(reference, reference, y)["accuracy"],
                     **measured, "seconds": round(time.perf_counter() - started, 1)}
-    return quantization, {"model_int8.tflite": aware, QAT_WEIGHTS_FILE: qat_weights(model)}, rows
+    return quantization, {QAT_TFLITE_FILE: aware, QAT_WEIGHTS_FILE: qat_weights(model)}, rows
 
 
 def _zeros_kept(aware: Any, pruned: Any) -> float | None:

@@ -50,10 +50,12 @@ from transferkit.training import fit_stage
 
 __all__ = ["calibration_sample", "configure_int8", "int8_tflite", "tflite_runner", "in_batches", "score",
            "quantize_aware", "calibrate_ranges", "train_quantize_aware", "qat_tflite", "qat_weights", "load_qat",
-           "QAT_WEIGHTS_FILE"]
+           "QAT_WEIGHTS_FILE", "QAT_TFLITE_FILE"]
 
 log = logging.getLogger("transferkit")
 
+#: The QAT model's full-integer ``.tflite`` in a pruned run folder (float input and output).
+QAT_TFLITE_FILE = "model_int8.tflite"
 #: The QAT model's weights in a pruned run folder (``prune --qat``): ``export --format tflite-int8`` converts from them.
 QAT_WEIGHTS_FILE = "qat_weights.npz"
 #: The wrapper-variable names of an activation range, by what they quantise.
