@@ -1,0 +1,83 @@
+"""Units removed from real Keras models: the rebuilt model computes what the masked original computes."""
+
+import numpy as np
+import pytest
+
+from transferkit.flops import shrink, totals
+from transferkit.surgery import layer_nodes, layer_shapes, mask_units, rebuild, unit_kernel_scale
+from transferkit.units import find_unit_layers, l2_scores
+
+keras = pytest.importorskip("keras")
+
+
+def _random_removal(unit_layers, share, seed=0):
+    rng = np.random.default_rng(seed)
+    return {u.name: np.sort(rng.choice(u.units, int(u.units * share), replace=False)) for u in unit_layers}
+
+
+def _check_rebuild(model, x, share=0.4):
+    nodes, outputs = layer_nodes(model)
+    unit_layers, refused = find_unit_layers(nodes, outputs)
+    removed = _random_removal(unit_layers, share)
+    masked = keras.models.clone_model(model)
+    masked.set_weights(model.get_weights())
+    mask_units(masked, unit_layers, removed)
+    narrow = rebuild(masked, unit_layers, removed)
+    expected = masked.predict(x, verbose=0)
+    assert not np.allclose(expected, model.predict(x, verbose=0), atol=1e-3)  # the mask changed the model
+    np.testing.assert_allclose(narrow.predict(x, verbose=0), expected, atol=1e-5)
+    for unit in unit_layers:
+        assert narrow.get_layer(unit.name).output.shape[-1] == unit.units - len(removed[unit.name])
+    params, _ = totals(shrink(layer_shapes(model), unit_layers, {k: len(v) for k, v in removed.items()}))
+    assert narrow.count_params() == params < model.count_params()
+    assert totals(layer_shapes(narrow)) == totals(shrink(layer_shapes(model), unit_layers,
+                                                          {k: len(v) for k, v in removed.items()}))
+    return unit_layers, refused, narrow
+
+
+def test_a_dense_head_rebuilt_narrower_computes_the_masked_model_and_folds_batch_norm_constants():
+    inputs = keras.Input((16,))
+    x = keras.layers.Dense(24, activation="relu", name="d1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)  # after the mask point: a removed unit becomes a constant
+    x = keras.layers.Dense(12, activation="relu", name="d2")(x)
+    x = keras.layers.Dropout(0.3, name="drop")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="out")(x))
+    rng = np.random.default_rng(1)
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 2, 24), rng.normal(0, 1, 24), rng.normal(0, 1, 24), rng.uniform(0.5, 2, 24)])
+    units, refused, narrow = _check_rebuild(model, rng.normal(size=(32, 16)).astype("float32"))
+    assert [u.name for u in units] == ["d1", "d2"] and units[0].folds == (("d2", "d2"),)
+    assert refused == {"out": "it is the model's output"}
+
+
+def test_mobilenet_v2_rebuilt_without_expansion_channels_computes_the_masked_model(mobilenet_v2_h5, tmp_path):
+    from transferkit.model import build_model
+
+    transfer = build_model("mobilenet_v2", num_outputs=3, image_size=48, alpha=0.35, weights=str(mobilenet_v2_h5))
+    model = transfer.model
+    x = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 3)).astype("float32")
+    units, refused, narrow = _check_rebuild(model, x)
+    names = {u.name for u in units}
+    assert {f"block_{i}_expand" for i in range(1, 17)} <= names and {"Conv1", "Conv_1"} <= names
+    # a projection is removable only where no residual sum takes its output (block 16 feeds Conv_1)
+    assert "block_16_project" in names and "block_15_project" in refused
+    assert all("combines several inputs" in why for name, why in refused.items() if name.endswith("_project"))
+    assert len([n for n, why in refused.items() if why == "it is the model's output"]) == 1
+    path = tmp_path / "narrow.keras"
+    narrow.save(path)
+    loaded = keras.models.load_model(path)  # plain Keras: no transferkit object in the file
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), narrow.predict(x, verbose=0), atol=1e-6)
+
+
+def test_l2_ranking_reads_the_kernel_and_the_batch_norm_scale(mobilenet_v2_h5):
+    from transferkit.model import build_model
+
+    model = build_model("mobilenet_v2", num_outputs=3, image_size=48, alpha=0.35,
+                        weights=str(mobilenet_v2_h5)).model
+    unit_layers, _ = find_unit_layers(*layer_nodes(model))
+    expand = next(u for u in unit_layers if u.name == "block_3_expand")
+    kernel, scale = unit_kernel_scale(model, expand)
+    bn = model.get_layer("block_3_expand_BN")
+    expected = np.asarray(bn.gamma) / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)
+    np.testing.assert_allclose(scale, expected, rtol=1e-6)
+    assert l2_scores(kernel, scale).shape == (expand.units,)
