@@ -358,3 +358,16 @@ def test_small_different_never_fine_tunes_the_stem_alone():
     plan = plan_freeze(profile(20), cv_similarity(0.3, folds), GROUPS, epochs=10, fine_tune_epochs=15)
     assert plan.cut == "g0" and plan.fine_tuned == () and not plan.race
     assert (plan.epochs, plan.fine_tune_epochs) == (25, 0)
+
+
+def test_a_clear_probe_lead_does_not_cut_below_the_minimum_images_per_class():
+    folds = folds_around(PROBE, 0.0)
+    folds["g4"] = [0.70, 0.72, 0.71, 0.70, 0.72]  # the lead that cuts at 20 images a class
+    few = planner.MIN_CUT_PER_CLASS - 1
+    plan = plan_freeze(profile(few), cv_similarity(0.3, folds), GROUPS)
+    assert plan.quadrant == "small+different" and plan.cut is None and plan.dropped == ()
+    text = plan.explain()
+    assert "5-fold linear probe scores g4 best" in text  # the evidence and its noise are still named
+    assert f"smallest class has {few} training images" in text
+    enough = plan_freeze(profile(planner.MIN_CUT_PER_CLASS), cv_similarity(0.3, folds), GROUPS)
+    assert enough.cut == "g4"
