@@ -69,15 +69,21 @@ def test_mobilenet_v2_rebuilt_without_expansion_channels_computes_the_masked_mod
     np.testing.assert_allclose(loaded.predict(x, verbose=0), narrow.predict(x, verbose=0), atol=1e-6)
 
 
-def test_l2_ranking_reads_the_kernel_and_the_batch_norm_scale(mobilenet_v2_h5):
+def test_l2_ranking_reads_the_kernel_and_folds_the_batch_norm(mobilenet_v2_h5):
     from transferkit.model import build_model
 
     model = build_model("mobilenet_v2", num_outputs=3, image_size=48, alpha=0.35,
                         weights=str(mobilenet_v2_h5)).model
     unit_layers, _ = find_unit_layers(*layer_nodes(model))
     expand = next(u for u in unit_layers if u.name == "block_3_expand")
-    kernel, scale = unit_kernel_scale(model, expand)
+    kernel, scale, shift = unit_kernel_scale(model, expand)
     bn = model.get_layer("block_3_expand_BN")
     expected = np.asarray(bn.gamma) / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)
     np.testing.assert_allclose(scale, expected, rtol=1e-6)
-    assert l2_scores(kernel, scale).shape == (expand.units,)
+    np.testing.assert_allclose(shift, np.asarray(bn.beta) - expected * np.asarray(bn.moving_mean), rtol=1e-5)
+    # the folded unit computes what conv + BatchNorm compute, so the score reads the weights that act
+    x = np.random.default_rng(0).normal(size=(5, kernel.shape[-2])).astype("float32")
+    conv = x @ kernel.reshape(-1, kernel.shape[-1])
+    folded = np.asarray(bn(conv.reshape(5, 1, 1, -1), training=False)).reshape(5, -1)
+    np.testing.assert_allclose(folded, conv * scale + shift, atol=1e-4)
+    assert l2_scores(kernel, scale, shift).shape == (expand.units,)

@@ -87,15 +87,19 @@ def test_a_removed_unit_that_would_not_stay_exact_makes_the_layer_refused(nodes,
     assert reason in refused["c"]
 
 
-def test_l2_scores_are_column_norms_times_the_batch_norm_scale():
+def test_l2_scores_are_the_norms_of_the_kernel_and_bias_folded_with_the_batch_norm():
     kernel = np.zeros((1, 1, 2, 3))
     kernel[0, 0, :, 0] = [3, 4]
     kernel[0, 0, :, 1] = [1, 0]
     kernel[0, 0, :, 2] = [0, 2]
     np.testing.assert_allclose(l2_scores(kernel), [5, 1, 2])
     np.testing.assert_allclose(l2_scores(kernel, np.array([0.1, -3.0, 1.0])), [0.5, 3, 2])
-    with pytest.raises(ValueError, match="one value per unit"):
+    # a unit with a small kernel but a large folded bias is not idle: its output is mostly that constant
+    np.testing.assert_allclose(l2_scores(kernel, np.ones(3), np.array([0.0, 7.0, 0.0])), [5, np.sqrt(50), 2])
+    with pytest.raises(ValueError, match="scale must have one value per unit"):
         l2_scores(kernel, np.ones(2))
+    with pytest.raises(ValueError, match="shift must have one value per unit"):
+        l2_scores(kernel, None, np.ones(4))
 
 
 def test_fisher_scores_follow_theis_et_al():
@@ -104,20 +108,32 @@ def test_fisher_scores_follow_theis_et_al():
         fisher_scores(np.ones(2), 0)
 
 
-def test_a_step_removes_the_lowest_ranked_live_units_across_layers_and_each_layer_keeps_some():
+def test_a_global_step_removes_the_lowest_ranked_live_units_across_layers_and_each_layer_keeps_some():
     scores = {"a": np.array([0.5, 0.1, 0.9, 0.2]), "b": np.array([0.05, 0.3, 0.04])}
     alive = {"a": np.array([True, True, True, False]), "b": np.ones(3, bool)}
     step = removal_step(scores, alive, 3)
     assert {k: v.tolist() for k, v in step.items()} == {"a": [1], "b": [0, 2]}  # 0.04, 0.05, 0.1; a[3] is gone
     capped = removal_step(scores, alive, 3, min_keep=2)
     assert {k: v.tolist() for k, v in capped.items()} == {"a": [1], "b": [2]}  # b keeps 2; a keeps 2
-    cheap = removal_step(scores, alive, 1, cost={"a": 1.0, "b": 100.0})  # b's units cost far more
-    assert {k: v.tolist() for k, v in cheap.items()} == {"b": [2]}
-    normalised = removal_step({"a": np.array([10.0, 20.0]), "b": np.array([1.0, 0.2])},
-                              {"a": np.ones(2, bool), "b": np.ones(2, bool)}, 1, normalise=True)
-    assert list(normalised) == ["b"]  # 0.2 is small for b; 10 is not small for a once scaled
+    cheap = removal_step(scores, alive, 1, cost={"a": 1.0, "b": 1e-3})  # b's units cost little: kept longer
+    assert {k: v.tolist() for k, v in cheap.items()} == {"a": [1]}
     with pytest.raises(ValueError, match="2 scores for 3 units"):
         removal_step({"a": np.ones(2)}, {"a": np.ones(3, bool)}, 1)
+
+
+def test_a_per_layer_step_takes_each_layer_s_share_of_its_lowest_units():
+    rng = np.random.default_rng(0)
+    scores = {"wide": rng.uniform(10, 20, 60), "narrow": rng.uniform(0, 1, 20)}  # scales not comparable
+    alive = {"wide": np.ones(60, bool), "narrow": np.ones(20, bool)}
+    alive["wide"][:4] = False
+    step = removal_step(scores, alive, 19, per_layer=True)
+    assert {k: len(v) for k, v in step.items()} == {"wide": 14, "narrow": 5}  # 56 and 20 live: 14 + 5
+    for name, removed in step.items():
+        live = np.flatnonzero(alive[name])
+        kept = np.setdiff1d(live, removed)
+        assert set(removed) <= set(live) and scores[name][removed].max() < scores[name][kept].min()
+    tight = removal_step(scores, alive, 70, per_layer=True, min_keep={"wide": 50, "narrow": 2})
+    assert {k: len(v) for k, v in tight.items()} == {"wide": 6, "narrow": 18}  # room: 6 and 18
 
 
 def test_removal_counts_spread_the_total_over_the_steps():

@@ -106,25 +106,33 @@ def layer_shapes(model: Any) -> list[LayerShape]:
     return shapes
 
 
-def unit_kernel_scale(model: Any, unit: UnitLayer) -> tuple[np.ndarray, np.ndarray | None]:
-    """A unit layer's kernel and, when a BatchNorm is among its members, that BatchNorm's per-unit scale.
+def unit_kernel_scale(model: Any, unit: UnitLayer) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A unit layer's kernel, and the scale and bias per unit of it folded with the BatchNorm among its members.
 
     Args:
         model: The model.
         unit: One of its unit layers.
 
     Returns:
-        ``(kernel, gamma / sqrt(variance + eps))``, the scale ``None`` without
-        a BatchNorm (what :func:`transferkit.units.l2_scores` takes).
+        ``(kernel, scale, shift)`` as :func:`transferkit.units.l2_scores`
+        takes them: ``scale = gamma / sqrt(variance + eps)`` and ``shift =
+        beta - scale * (mean - bias)`` with a BatchNorm; ``scale`` ``None``
+        and ``shift`` the bias (or ``None``) without one.
     """
-    kernel = np.asarray(model.get_layer(unit.name).kernel)
+    layer = model.get_layer(unit.name)
+    kernel = np.asarray(layer.kernel)
+    bias = np.asarray(layer.bias) if getattr(layer, "bias", None) is not None else None
     for name in unit.members[1:]:
-        layer = model.get_layer(name)
-        if type(layer).__name__ == "BatchNormalization":
-            found = _weights(layer)
-            gamma = np.asarray(found["gamma"]) if "gamma" in found else np.ones(kernel.shape[-1])
-            return kernel, gamma / np.sqrt(np.asarray(found["moving_variance"]) + layer.epsilon)
-    return kernel, None
+        norm = model.get_layer(name)
+        if type(norm).__name__ == "BatchNormalization":
+            found = _weights(norm)
+            units = kernel.shape[-1]
+            gamma = np.asarray(found["gamma"]) if "gamma" in found else np.ones(units)
+            beta = np.asarray(found["beta"]) if "beta" in found else np.zeros(units)
+            scale = gamma / np.sqrt(np.asarray(found["moving_variance"]) + norm.epsilon)
+            mean = np.asarray(found["moving_mean"]) - (bias if bias is not None else 0.0)
+            return kernel, scale, beta - scale * mean
+    return kernel, None, bias
 
 
 def _indices(removed: Mapping[str, Sequence[int]], unit: UnitLayer) -> np.ndarray:

@@ -32,7 +32,6 @@ the borders), the layer is reported as not removable, with the reason.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -259,29 +258,39 @@ def find_unit_layers(nodes: Sequence[LayerNode], outputs: Sequence[str]
     return found, refused
 
 
-def l2_scores(kernel: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """Each unit's L2 norm of its incoming weights, times its BatchNorm scale's size when one follows.
+def l2_scores(kernel: np.ndarray, scale: np.ndarray | None = None, shift: np.ndarray | None = None) -> np.ndarray:
+    """Each unit's L2 norm of its weights, with the BatchNorm that follows folded in.
+
+    Folding a BatchNorm into the layer before it gives each unit the kernel
+    ``kernel * scale`` and the bias ``shift``; the score is the L2 norm of
+    both together, so a unit whose output is mostly its constant (a small
+    kernel, a large ``beta``) is not taken for an idle one.
 
     Args:
         kernel: The layer's kernel, units on the last axis (``(in, units)``
             or ``(h, w, in, units)``).
-        scale: The following BatchNorm's ``gamma / sqrt(variance + eps)``
-            per unit, or ``None``.
+        scale: The BatchNorm's ``gamma / sqrt(variance + eps)`` per unit, or
+            ``None`` (no BatchNorm).
+        shift: The folded bias per unit (``beta - scale * (mean - bias)``
+            with a BatchNorm, the layer's bias without), or ``None``.
 
     Returns:
         One non-negative score per unit.
 
     Raises:
-        ValueError: When ``scale`` does not have one value per unit.
+        ValueError: When ``scale`` or ``shift`` does not have one value per unit.
     """
-    kernel = np.asarray(kernel, dtype=np.float64)
-    norms = np.sqrt((kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(axis=0))
-    if scale is None:
-        return norms
-    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
-    if scale.shape != norms.shape:
-        raise ValueError(f"scale must have one value per unit ({norms.shape[0]}), got shape {scale.shape}.")
-    return norms * np.abs(scale)
+    kernel = np.asarray(kernel, dtype=np.float64).reshape(-1, np.shape(kernel)[-1])
+    units = kernel.shape[1]
+    for name, value in (("scale", scale), ("shift", shift)):
+        if value is not None and np.asarray(value).reshape(-1).shape != (units,):
+            raise ValueError(f"{name} must have one value per unit ({units}), got shape {np.shape(value)}.")
+    if scale is not None:
+        kernel = kernel * np.asarray(scale, dtype=np.float64).reshape(1, -1)
+    squares = (kernel ** 2).sum(axis=0)
+    if shift is not None:
+        squares = squares + np.asarray(shift, dtype=np.float64).reshape(-1) ** 2
+    return np.sqrt(squares)
 
 
 def fisher_scores(signal_squares: np.ndarray, examples: int) -> np.ndarray:
@@ -323,21 +332,37 @@ def removal_counts(total: int, steps: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
+def _shares(live: Mapping[str, int], count: int, min_keep: Mapping[str, int]) -> dict[str, int]:
+    """``count`` split over layers in proportion to their live units (largest remainder), each keeping its minimum."""
+    room = {name: max(0, n - min_keep[name]) for name, n in live.items()}
+    count = min(count, sum(room.values()))
+    total = sum(live.values()) or 1
+    exact = {name: count * n / total for name, n in live.items()}
+    take = {name: min(room[name], int(exact[name])) for name in live}
+    order = sorted(live, key=lambda name: (-(exact[name] - int(exact[name])), name))
+    while sum(take.values()) < count:
+        for name in order:
+            if sum(take.values()) < count and take[name] < room[name]:
+                take[name] += 1
+    return take
+
+
 def removal_step(scores: Mapping[str, np.ndarray], alive: Mapping[str, np.ndarray], count: int, *,
-                 cost: Mapping[str, float] | None = None, normalise: bool = False, min_keep: int = 1
-                 ) -> dict[str, np.ndarray]:
-    """The ``count`` lowest-ranked live units over all layers: what one removal step takes.
+                 per_layer: bool = False, cost: Mapping[str, float] | None = None,
+                 min_keep: int | Mapping[str, int] = 1) -> dict[str, np.ndarray]:
+    """The ``count`` lowest-ranked live units: what one removal step takes.
 
     Args:
         scores: Per layer, one score per unit (higher: more important).
         alive: Per layer, a boolean mask of the units not yet removed.
         count: Units to remove now.
-        cost: Per layer, the FLOPs one of its units costs; scores are divided
-            by it (Theis et al.'s trade-off: cheap units are kept longer).
-        normalise: Divide each layer's scores by the root mean square of its
-            live units' scores first (L2 norms differ in scale from layer to
-            layer; Fisher scores share the loss's units and are compared raw).
-        min_keep: Units every layer keeps.
+        per_layer: Split ``count`` over the layers in proportion to their
+            live units and take each layer's lowest (L2 norms are not
+            comparable from layer to layer); otherwise rank all units
+            together (Fisher scores share the loss's units).
+        cost: Per layer, the FLOPs one of its units costs; global scores are
+            divided by it (Theis et al.'s trade-off: costly units go first).
+        min_keep: Units every layer keeps (one number, or one per layer).
 
     Returns:
         Per layer, the indices removed at this step (sorted; layers with none
@@ -349,26 +374,27 @@ def removal_step(scores: Mapping[str, np.ndarray], alive: Mapping[str, np.ndarra
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}.")
-    pool = []
+    keep = {name: min_keep if isinstance(min_keep, int) else int(min_keep[name]) for name in scores}
+    ranked, live = {}, {}
     for name, score in scores.items():
         score = np.asarray(score, dtype=np.float64)
-        live = np.asarray(alive[name], dtype=bool)
-        if score.shape != live.shape:
-            raise ValueError(f"{name}: {score.shape[0]} scores for {live.shape[0]} units.")
-        ranked = score.copy()
-        if normalise and live.any():
-            ranked = ranked / (math.sqrt(float(np.mean(score[live] ** 2))) or 1.0)
-        if cost:
-            ranked = ranked / max(float(cost[name]), 1e-12)
-        pool += [(ranked[i], name, int(i)) for i in np.flatnonzero(live)]
-    pool.sort(key=lambda item: (item[0], item[1], item[2]))
-    left = {name: int(np.asarray(alive[name], dtype=bool).sum()) for name in scores}
+        mask = np.asarray(alive[name], dtype=bool)
+        if score.shape != mask.shape:
+            raise ValueError(f"{name}: {score.shape[0]} scores for {mask.shape[0]} units.")
+        ranked[name] = score / max(float(cost[name]), 1e-12) if cost and not per_layer else score
+        live[name] = np.flatnonzero(mask)
+    if per_layer:
+        take = _shares({name: len(idx) for name, idx in live.items()}, count, keep)
+        chosen = {name: live[name][np.argsort(ranked[name][live[name]], kind="stable")[:n]]
+                  for name, n in take.items() if n}
+        return {name: np.sort(idx).astype(np.int64) for name, idx in chosen.items()}
+    pool = sorted((ranked[name][i], name, int(i)) for name in scores for i in live[name])
+    left = {name: len(idx) for name, idx in live.items()}
     taken: dict[str, list[int]] = {}
     for _, name, index in pool:
         if sum(len(v) for v in taken.values()) >= count:
             break
-        if left[name] <= min_keep:
-            continue
-        taken.setdefault(name, []).append(index)
-        left[name] -= 1
+        if left[name] > keep[name]:
+            taken.setdefault(name, []).append(index)
+            left[name] -= 1
     return {name: np.array(sorted(v), dtype=np.int64) for name, v in taken.items()}
