@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/assets),)
 export TRANSFERKIT_ASSETS ?= $(abspath ../shared/assets)
 endif
 
-.PHONY: demo test test-all install clean notebooks bench bench-planner bench-planner-small bench-prune bench-hub bench-techniques bench-tune bench-export
+.PHONY: demo test test-all install clean notebooks bench bench-planner bench-planner-small bench-prune bench-prune-units bench-hub bench-techniques bench-tune bench-export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-planner-small: $(VENV)/.installed
 
 bench-prune: $(VENV)/.installed
 	$(PY) benchmarks/prune.py
+
+bench-prune-units: $(VENV)/.installed
+	$(PY) benchmarks/prune.py --units --seeds 0 1
 
 bench-hub: $(VENV)/.installed
 	$(PY) benchmarks/hub.py

@@ -1,4 +1,4 @@
-"""Pruning the demo model: sparsity, validation accuracy and compressed size, per setting.
+"""Pruning the demo model: sparsity or units removed, validation accuracy, size, FLOPs and latency, per setting.
 
 Fine-tunes the demo (``transferkit finetune --demo``: MobileNetV2 alpha 0.35,
 96 px, sign-language digits, seed 0) unless ``--run`` names a finished run,
@@ -7,10 +7,20 @@ process, on the run's own validation split. Sizes are the ``.keras`` file
 (raw and gzip -9) and the ``.tflite`` file (raw and gzip -9), dense against
 pruned, each saved the same way.
 
+``--units`` runs the unit-pruning grid instead (``make bench-prune-units``):
+magnitude pruning (TF-MOT, the default setting) against ``--method units``
+and ``--method fisher`` at several reductions, each with parameters,
+multiply-adds per image, ``.keras`` gzip size and the median CPU latency of
+the Keras model and its ``.tflite`` file at batch 1 and 32 (the same
+:func:`transferkit.shrink.latency` for every row, the dense model measured in
+each child too), and the Pareto front of accuracy against TFLite batch-1
+latency; ``--seeds`` repeats each pruning with another shuffle/Fisher seed.
+
 Usage:
     TRANSFERKIT_ASSETS=../shared/assets python benchmarks/prune.py [--run runs/demo] [--only default]
+    TRANSFERKIT_ASSETS=../shared/assets python benchmarks/prune.py --units [--run runs/demo] [--seeds 0 1]
 
-Prints a table and writes benchmarks/results/prune.json.
+Prints a table and writes benchmarks/results/prune.json (``--units``: prune_units.json).
 """
 
 from __future__ import annotations
@@ -38,6 +48,38 @@ SETTINGS = {
     "quantized": {"quantize": True},
 }
 
+#: The unit-pruning grid: name -> PruneConfig overrides.
+UNIT_SETTINGS = {
+    "magnitude 0.8": {},
+    "units 0.3": {"method": "units", "target_reduction": 0.3},
+    "fisher 0.3": {"method": "fisher", "target_reduction": 0.3},
+    "fisher 0.4": {"method": "fisher", "target_reduction": 0.4},
+    "fisher flops 0.5": {"method": "fisher", "target_reduction": 0.5, "by": "flops"},
+}
+
+UNIT_CHILD = """
+import json, sys
+import numpy as np
+from transferkit.prune import model_sizes, prune
+from transferkit.runs import load_run
+from transferkit.shrink import latency
+from transferkit.flops import totals
+from transferkit.surgery import layer_shapes
+overrides = json.loads(sys.argv[3])
+result = prune(sys.argv[1], output=sys.argv[2], verbose=0, **overrides)
+m = result.metrics
+x = np.random.default_rng(0).uniform(0, 255, (32,) + tuple(result.model.inputs[0].shape[1:])).astype("float32")
+dense, _ = load_run(sys.argv[1])
+rows = {}
+for name, model in (("dense", dense), ("pruned", result.model)):
+    sizes, tflite = model_sizes(model)
+    rows[name] = {"params": model.count_params(), "flops": totals(layer_shapes(model))[1],
+                  "keras_gzip": sizes["keras_gzip"], "latency_ms": latency(model, tflite, x)}
+rows["pruned"].update(val_accuracy=m["val_accuracy_after"], seconds=m["seconds"])
+rows["dense"]["val_accuracy"] = m["val_accuracy_before"]
+print("RESULT " + json.dumps(rows))
+"""
+
 CHILD = """
 import json, sys
 from transferkit.prune import prune
@@ -59,13 +101,71 @@ def _prune(run: Path, out: Path, overrides: dict) -> dict:
     return run_child(CHILD, argv=(str(run), str(out), json.dumps(overrides)), what="pruning")
 
 
+def pareto(rows: dict[str, dict]) -> list[str]:
+    """Names of the rows no other row beats on both accuracy (higher) and TFLite batch-1 latency (lower)."""
+    def key(r):
+        return r["val_accuracy"], -r["latency_ms"]["tflite_b1"]
+    return [name for name, r in rows.items()
+            if not any(key(o)[0] >= key(r)[0] and key(o)[1] >= key(r)[1] and key(o) != key(r) for o in rows.values())]
+
+
+def unit_grid(run: Path, scratch: Path, seeds: list[int]) -> dict:
+    """Every unit-pruning setting at every seed, in fresh processes; the means and the Pareto front."""
+    runs: dict[str, list[dict]] = {}
+    dense = None
+    for seed in seeds:
+        for name, overrides in UNIT_SETTINGS.items():
+            out = scratch / f"{name.replace(' ', '_')}_{seed}"
+            row = run_child(UNIT_CHILD, argv=(str(run), str(out), json.dumps({**overrides, "seed": seed})),
+                            what="unit pruning")
+            dense = dense or row["dense"]
+            runs.setdefault(name, []).append(row["pruned"])
+            p = row["pruned"]
+            print(f"[seed {seed}] {name}: val {p['val_accuracy']}, params {p['params']:,d}, flops {p['flops']:,d}, "
+                  f"tflite b1 {p['latency_ms']['tflite_b1']} ms, {p['seconds']} s", flush=True)
+    mean = {name: {"val_accuracy": round(sum(r["val_accuracy"] for r in rows) / len(rows), 4),
+                   "val_accuracy_runs": [r["val_accuracy"] for r in rows],
+                   "params": rows[0]["params"], "flops": rows[0]["flops"], "keras_gzip": rows[0]["keras_gzip"],
+                   "latency_ms": {k: round(sorted(r["latency_ms"][k] for r in rows)[len(rows) // 2], 3)
+                                  for k in rows[0]["latency_ms"]}}
+            for name, rows in runs.items()}
+    table = {"dense": dense, **mean}
+    return {"seeds": seeds, "settings": UNIT_SETTINGS, "table": table, "pareto": pareto(table), "runs": runs}
+
+
+def print_units(report: dict) -> None:
+    """The unit-pruning table: accuracy, cost and speed-ups against the dense model."""
+    dense = report["table"]["dense"]
+    print(f"\n{'setting':17s} {'val acc':>7s} {'points':>6s} {'params':>8s} {'x':>5s} {'MACs':>10s} {'x':>5s} "
+          f"{'gzip':>9s} {'tfl b1':>7s} {'x':>5s} {'tfl b32':>7s} {'keras b1':>8s} {'keras b32':>9s}")
+    for name, r in report["table"].items():
+        lat = r["latency_ms"]
+        print(f"{name:17s} {r['val_accuracy']:7.4f} {100 * (dense['val_accuracy'] - r['val_accuracy']):6.2f} "
+              f"{r['params']:8,d} {dense['params'] / r['params']:5.2f} {r['flops']:10,d} "
+              f"{dense['flops'] / r['flops']:5.2f} {r['keras_gzip']:9,d} {lat['tflite_b1']:7.3f} "
+              f"{dense['latency_ms']['tflite_b1'] / lat['tflite_b1']:5.2f} {lat['tflite_b32']:7.3f} "
+              f"{lat['keras_b1']:8.3f} {lat['keras_b32']:9.3f}")
+    print(f"Pareto front (accuracy against TFLite batch-1 latency): {', '.join(report['pareto'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a finished `transferkit finetune` run (default: fine-tune the demo)")
     parser.add_argument("--only", nargs="+", choices=sorted(SETTINGS), help="settings to run (default: all)")
+    parser.add_argument("--units", action="store_true", help="the unit-pruning grid (magnitude, units, fisher)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="--units: pruning seeds")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFERKIT_ASSETS", str(HERE.parents[1] / "shared" / "assets"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.units:
+        with tempfile.TemporaryDirectory(prefix="transferkit-bench-units-") as scratch:
+            run = Path(args.run) if args.run else Path(scratch) / "demo"
+            seconds = None if args.run else round(_finetune_demo(run), 1)
+            report = {"finetune_seconds": seconds, "run": args.run or "transferkit finetune --demo",
+                      **unit_grid(run, Path(scratch), args.seeds), **_machine()}
+        print_units(report)
+        _write(HERE / "results" / "prune_units.json", report)
+        return
     with tempfile.TemporaryDirectory(prefix="transferkit-bench-prune-") as scratch:
         run = Path(args.run) if args.run else Path(scratch) / "demo"
         finetune_seconds = None if args.run else round(_finetune_demo(run), 1)
@@ -88,15 +188,21 @@ def main() -> None:
     dense = next(iter(results.values()))["size_bytes"]["before"]
     print(f"{'dense':13s} {'':8s} {'':6s} {'':10s} {'':9s} {'':6s} {dense['keras_gzip']:10,d} {'':5s} "
           f"{dense['tflite']:9,d} {dense['tflite_gzip']:9,d}")
+    payload = {"finetune_seconds": finetune_seconds, "run": args.run or "transferkit finetune --demo",
+               "settings": SETTINGS, "results": results, **_machine()}
+    _write(HERE / "results" / "prune.json", payload)
+
+
+def _machine() -> dict:
     import platform
 
     import transferkit
 
-    out = HERE / "results" / "prune.json"
+    return {"machine": platform.platform(), "cpus": os.cpu_count(), "transferkit": transferkit.__version__}
+
+
+def _write(out: Path, payload: dict) -> None:
     out.parent.mkdir(exist_ok=True)
-    payload = {"finetune_seconds": finetune_seconds, "run": args.run or "transferkit finetune --demo",
-               "settings": SETTINGS, "results": results, "machine": platform.platform(),
-               "cpus": os.cpu_count(), "transferkit": transferkit.__version__}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, out)

@@ -164,6 +164,8 @@ def test_qat_in_a_finetune_recipe_and_qat_options_without_qat_are_refused(tmp_pa
 
     with pytest.raises(RecipeError, match="transferkit prune RUN_DIR --qat"):
         finetune(tmp_path, prune=PruneConfig(qat=True), output=tmp_path / "out")
+    with pytest.raises(RecipeError, match="transferkit prune RUN_DIR --method fisher"):
+        finetune(tmp_path, prune=PruneConfig(method="fisher"), output=tmp_path / "out")
     assert main(["prune", str(tmp_path), "--output", str(tmp_path / "p"), "--qat-epochs", "2"]) == 2
 
 

@@ -97,6 +97,10 @@ _EXPORTS = {
     # pruning
     "prune": "prune",
     "prune_transfer": "prune",
+    "prune_units": "prune",
+    "remove_units": "shrink",
+    "find_unit_layers": "units",
+    "rebuild": "surgery",
     "PruneConfig": "config",
     "PruneResult": "prune",
     "to_tf_keras": "compat",

@@ -132,9 +132,11 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
         check_writable(recipe)
         if recipe.tensorboard and not recipe.output:
             raise RecipeError("--tensorboard writes its logs into the run folder: give --output DIR too.")
-    if recipe.prune is not None and recipe.prune.qat:
-        raise RecipeError("prune.qat runs in `transferkit prune RUN_DIR --qat` (after finetune): remove qat from "
-                          "the recipe's prune section and prune the finished run.")
+    if recipe.prune is not None and (recipe.prune.qat or recipe.prune.method != "magnitude"):
+        what, flag = (("qat", "--qat") if recipe.prune.qat else
+                      (f"method {recipe.prune.method}", f"--method {recipe.prune.method}"))
+        raise RecipeError(f"prune.{what} runs in `transferkit prune RUN_DIR {flag}` (after finetune): remove it "
+                          "from the recipe's prune section and prune the finished run.")
     if is_hub(recipe.backbone):
         spec = load_hub(recipe.backbone, input_range=recipe.hub_range, allow_download=recipe.allow_download,
                         registry=registry)

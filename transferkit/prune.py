@@ -60,6 +60,7 @@ __all__ = [
     "sparsity_report",
     "model_sizes",
     "prune_transfer",
+    "prune_units",
     "wrap_for_pruning",
     "prune",
     "quantize_pruned",
@@ -331,7 +332,7 @@ def _pruning_twin(transfer, targets: dict[str, float], config: PruneConfig, *, e
     for layer in batch_norm_layers(twin):
         layer.trainable = config.batch_norm == "recalibrate"
     pruned = wrap_for_pruning(twin, targets, config, end_step=end, frequency=frequency)
-    compile_model(pruned, transfer.task, optimizer=make_optimizer(pruned, config.learning_rate))
+    compile_model(pruned, transfer.task, optimizer=make_optimizer(pruned, config.rate))
     return twin, pruned
 
 
@@ -413,7 +414,7 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
              100 * config.sparsity, config.epochs, config.schedule, config.structure)
     fit = fit_stage(pruned, train_ds, None if config.batch_norm == "recalibrate" else val_ds, epochs=config.epochs,
                     callbacks=tfmot_callbacks + list(callbacks),
-                    schedule=keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, total)),
+                    schedule=keras.optimizers.schedules.CosineDecay(config.rate, max(1, total)),
                     verbose=2 if verbose is None else verbose, name="prune", resume=resume,
                     backup=checkpoint.saver("prune", pruned, list(history or []), key="pruned") if checkpoint else None)
     stripped = sparsity.strip_pruning(pruned)
@@ -429,6 +430,58 @@ def prune_transfer(transfer, images, config: PruneConfig = PruneConfig(), *, bat
     metrics.update(twin_max_difference=max_output_difference(transfer, stripped, images.x_val[:16]),
                    seconds=round(time.perf_counter() - started, 2))
     return PruneResult(transfer.model, metrics, history, tflite)
+
+
+def prune_units(transfer, images, config: PruneConfig, *, batch_size: int = 32, seed: int = 0,
+                verbose: int | None = None, callbacks: Sequence[Any] = ()) -> PruneResult:
+    """Remove whole units (``config.method`` ``units`` or ``fisher``) and measure the narrower model.
+
+    The run's model is replaced by the narrower one (``transfer.model``).
+    ``metrics["units"]`` holds parameters, FLOPs, CPU latency (Keras and
+    TFLite, batch 1 and 32) before and after, the units of each layer and
+    why the other layers kept theirs.
+
+    Args:
+        transfer: A :class:`~transferkit.model.TransferModel` (its ``model`` is replaced).
+        images: The :class:`~transferkit.data.ImageSet`.
+        config: The pruning settings.
+        batch_size: Batch size when ``config.batch_size`` is ``None``.
+        seed: Shuffle seed.
+        verbose: Keras verbosity.
+        callbacks: Extra Keras callbacks.
+
+    Returns:
+        The :class:`PruneResult`.
+
+    Raises:
+        RecipeError: When the model has no removable unit.
+    """
+    from transferkit.shrink import latency, remove_units
+
+    started = time.perf_counter()
+    val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, config.batch_size or batch_size))
+    before = _evaluate(transfer, val_ds)
+    sizes_before, tflite_before = model_sizes(transfer.model, quantize=config.quantize)
+    timing = images.x_val[:32]
+    speed_before = latency(transfer.model, tflite_before, timing)
+    removal = remove_units(transfer, images, config, batch_size=batch_size, seed=seed,
+                           verbose=2 if verbose is None else verbose, callbacks=callbacks)
+    transfer.model = removal.model
+    after = _evaluate(transfer, val_ds)
+    sizes_after, tflite = model_sizes(transfer.model, quantize=config.quantize)
+    speed_after = latency(transfer.model, tflite, timing)
+    metrics = _report({"global": None, "layers": None, "pruned_weights": None, "model_weights": None, "model": None},
+                      before, after,
+                      {"before": sizes_before, "after": sizes_after}, None, config,
+                      {"removal_steps": max(1, round(config.ramp * config.epochs)), "epochs": config.epochs})
+    metrics["model_weights"] = removal.cost["params"]["after"]
+    metrics["units"] = {
+        "removed": removal.removed, "removable": removal.removable, **removal.cost,
+        "latency_ms": {"before": speed_before, "after": speed_after},
+        "speedup": {key: round(speed_before[key] / speed_after[key], 2) for key in speed_before},
+        "layers": removal.layers, "refused": removal.refused}
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    return PruneResult(transfer.model, metrics, removal.history, tflite)
 
 
 def _left_as_is(transfer, names: Sequence[str], before: dict, sizes: tuple[dict, bytes], config: PruneConfig,
@@ -462,6 +515,8 @@ def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict,
         "steps": steps,
         "seconds": None,
         "quantization": None,
+        "method": config.method,
+        "units": None,
     }
     return {key: values[key] for key in PRUNE_KEYS}  # a key missing there would not survive RunRecord
 
@@ -573,6 +628,7 @@ def prune(
     overwrite: bool = False,
     callbacks: Sequence[Any] = (),
     tensorboard: bool = False,
+    seed: int | None = None,
     **overrides: Any,
 ) -> PruneResult:
     """Prune the model of a ``transferkit finetune`` run.
@@ -595,6 +651,7 @@ def prune(
         callbacks: Extra Keras callbacks for the pruning stage.
         tensorboard: Write TensorBoard logs under ``output/tensorboard`` (needs ``output``);
             TF-MOT's sparsity summaries go there too unless ``config.summaries`` is set.
+        seed: Shuffle (and Fisher batch) seed; ``None`` keeps the run's.
         **overrides: :class:`PruneConfig` fields (``target_sparsity=0.8``).
 
     Returns:
@@ -610,26 +667,25 @@ def prune(
     if tensorboard and output is None:
         raise RecipeError("--tensorboard writes its logs into the pruned run's folder: give --output DIR too.")
     transfer, run_metrics, recipe = load_transfer(run_dir)
-    folder = data if data is not None else recipe.data
-    if folder is None or not Path(folder).is_dir():
-        raise DataError(f"Pruning needs the run's training data: {str(folder)!r} is not a folder. "
-                        "Pass --data DATA_DIR (the folder the run was fine-tuned on).")
+    folder = _data_folder(data, recipe)
     images = run_images(recipe, folder, transfer.image_size, run_metrics["class_names"], purpose="pruning")
-    pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None)
-    checkpoint = None
-    if output:  # the fingerprint hashes every image and the source model: only a run folder needs it
-        source = sha256_of(Path(run_dir).expanduser() / "model.keras")
-        key = hashlib.sha256(f"{fingerprint(pruned_recipe, images)}:{source}".encode()).hexdigest()  # which model too
-        checkpoint = Checkpoint.open(output, key, overwrite=overwrite)
+    pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None,
+                                   seed=recipe.seed if seed is None else seed)
+    checkpoint = _checkpoint(run_dir, output, pruned_recipe, images, overwrite) if config.method == "magnitude" else None
     before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
     with tensorboard_logs(pruned_recipe.replace(tensorboard=tensorboard)) as board:
         if board and config.summaries is None:
             config = dataclasses.replace(config, summaries=os.path.join(board[0].log_dir, "sparsity"))
-        result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=recipe.seed,
-                                verbose=verbose, checkpoint=checkpoint, history=before, callbacks=(*callbacks, *board))
+        if config.method == "magnitude":
+            result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=pruned_recipe.seed,
+                                    verbose=verbose, checkpoint=checkpoint, history=before,
+                                    callbacks=(*callbacks, *board))
+        else:  # whole units removed: no resume state (the narrower model is rebuilt at every step)
+            result = prune_units(transfer, images, config, batch_size=recipe.batch_size, seed=pruned_recipe.seed,
+                                 verbose=verbose, callbacks=(*callbacks, *board))
         if config.qat:
             quantization, result.files, rows = quantize_pruned(
-                transfer, images, config, batch_size=config.batch_size or recipe.batch_size, seed=recipe.seed,
+                transfer, images, config, batch_size=config.batch_size or recipe.batch_size, seed=pruned_recipe.seed,
                 verbose=verbose, callbacks=(*callbacks, *board))
             result.metrics["quantization"], result.history = quantization, result.history + rows
     result.history = before + result.history
@@ -641,6 +697,24 @@ def prune(
                  tflite=result.tflite, overwrite=overwrite, extras={**extras, **result.files})
         report_quietly(output)
     return result
+
+
+def _data_folder(data: Any, recipe: Any) -> Any:
+    """The training folder pruning reads: ``data``, else the run's; a clear error when it is not a folder."""
+    folder = data if data is not None else recipe.data
+    if folder is None or not Path(folder).is_dir():
+        raise DataError(f"Pruning needs the run's training data: {str(folder)!r} is not a folder. "
+                        "Pass --data DATA_DIR (the folder the run was fine-tuned on).")
+    return folder
+
+
+def _checkpoint(run_dir, output, recipe, images, overwrite: bool) -> Any:
+    """The pruning run's resume state in ``output`` (``None`` without a folder): keyed by the settings, images and model."""
+    if not output:  # the fingerprint hashes every image and the source model: only a run folder needs it
+        return None
+    source = sha256_of(Path(run_dir).expanduser() / "model.keras")
+    key = hashlib.sha256(f"{fingerprint(recipe, images)}:{source}".encode()).hexdigest()  # which model too
+    return Checkpoint.open(output, key, overwrite=overwrite)
 
 
 def _pruned_record(run_metrics: dict[str, Any], result: PruneResult, source: str, transfer: Any, images: Any,

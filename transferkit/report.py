@@ -258,12 +258,31 @@ def _extras(metrics: dict[str, Any], figures: _Figures) -> list[Section]:
         blocks.append(Block("p", text=f"Global sparsity of the pruned kernels {_fmt(metrics.get('sparsity'))}, "
                                       f"of the whole model {_fmt(metrics.get('model_sparsity'))}."))
         sections.append(Section("Pruning", blocks))
+    if metrics.get("units"):
+        sections.append(_units_section(metrics))
     if metrics.get("skipped_images"):
         sections.append(Section("Data problems", [Block("p", text=f"{metrics['skipped_images']} file(s) failed to "
                                                                   "decode and were left out:"),
                                                   Block("ul", items=[f"{s['path']}: {s['reason']}" for s in
                                                                      metrics.get("skipped_files", [])])]))
     return sections
+
+
+def _units_section(metrics: dict[str, Any]) -> Section:
+    """Unit pruning (``prune --method units|fisher``): the narrower model against the source, and the units per layer."""
+    units, sizes = metrics["units"], metrics.get("size_bytes") or {}
+    latency = units.get("latency_ms") or {}
+    rows = [(when, _fmt(metrics.get(f"val_accuracy_{when}")), units["params"][when], units["flops"][when],
+             sizes.get(when, {}).get("keras_gzip", "–"),
+             *[latency.get(when, {}).get(k, "–") for k in ("tflite_b1", "tflite_b32", "keras_b1", "keras_b32")])
+            for when in ("before", "after")]
+    layers = [(name, n["before"], n["after"]) for name, n in units["layers"].items() if n["before"] != n["after"]]
+    return Section("Unit pruning", [
+        Block("p", text=f"{units['removed']} of {units['removable']} removable units removed "
+                        f"({metrics.get('method')} ranking); the model is rebuilt narrower."),
+        Block("table", headers=("model", "val accuracy", "parameters", "multiply-adds", ".keras gzip",
+                                "TFLite ms b1", "TFLite ms b32", "Keras ms b1", "Keras ms b32"), rows=rows),
+        Block("table", headers=("layer", "units before", "units after"), rows=layers)])
 
 
 def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None,

@@ -41,7 +41,8 @@ log = logging.getLogger("transferkit")
 #: Keys a pruning stage adds to ``metrics.json`` (at the top level, as they always were).
 PRUNE_KEYS = ("sparsity", "val_accuracy_before", "val_accuracy_after", "val_loss_before", "val_loss_after",
               "size_bytes", "gzip_ratio", "layer_sparsity", "layer_targets", "pruned_weights", "model_weights",
-              "model_sparsity", "twin_max_difference", "config", "steps", "seconds", "quantization")
+              "model_sparsity", "twin_max_difference", "config", "steps", "seconds", "quantization", "method",
+              "units")
 
 
 @dataclass
@@ -558,9 +559,13 @@ def load_transfer(run_dir: str | os.PathLike) -> tuple[TransferModel, dict[str, 
     if set(saved) != set(ours):
         raise ModelDirError(f"{str(folder / 'model.keras')!r} does not match its metrics.json/recipe.yaml "
                             f"description ({len(saved)} weighted layers saved, {len(ours)} rebuilt).")
-    for name, layer in ours.items():
-        layer.set_weights(saved[name].get_weights())
-        layer.trainable = saved[name].trainable
+    if metrics.get("method") in ("units", "fisher"):  # unit-pruned: narrower than its description; used as saved
+        transfer.model = model
+        compile_model(model, transfer.task)
+    else:
+        for name, layer in ours.items():
+            layer.set_weights(saved[name].get_weights())
+            layer.trainable = saved[name].trainable
     transfer.weights_source = WeightsSource("path", str(folder / "model.keras"))
     log.info("Loaded the run's trained weights from %s", folder / "model.keras")
     return transfer, metrics, recipe

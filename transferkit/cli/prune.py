@@ -15,6 +15,8 @@ EXAMPLES = """examples:
   transferkit prune runs/flowers --data data/flowers --layers 'block_1[3-6]_*' Conv_1 --output runs/flowers-sparse
   transferkit prune runs/demo --structure 2:4 --quantize --output runs/demo-24
   transferkit prune runs/demo --qat --output runs/demo-pruned-qat   # then: transferkit export ... --format tflite-int8
+  transferkit prune runs/demo --method fisher --target-reduction 0.4 --epochs 10 --output runs/demo-narrow
+  transferkit prune runs/demo --method units --by flops --target-reduction 0.5 --output runs/demo-half-flops
 """
 
 
@@ -29,6 +31,15 @@ def register(commands) -> argparse.ArgumentParser:
     pruning.add_argument("run_dir", help="output folder of `transferkit finetune`")
     pruning.add_argument("--data", help="training folder (default: the run's data)")
     pruning.add_argument("--output", help="folder for the pruned run")
+    pruning.add_argument("--method", choices=["magnitude", "units", "fisher"],
+                         help="magnitude (default: TF-MOT zeroes weights, same shape), units (remove whole units "
+                         "by L2 norm, the model rebuilt narrower) or fisher (remove units by Fisher information)")
+    pruning.add_argument("--target-reduction", type=float,
+                         help="units/fisher: share of the removable units (or FLOPs, --by flops) removed (default 0.5)")
+    pruning.add_argument("--by", choices=["units", "flops"], help="units/fisher: what --target-reduction counts")
+    pruning.add_argument("--fisher-batches", type=int,
+                         help="fisher: training batches the Fisher information is estimated on per step (default 16)")
+    pruning.add_argument("--seed", type=int, help="shuffle (and Fisher batch) seed (default: the run's)")
     pruning.add_argument("--target-sparsity", type=float, help="share of each pruned kernel set to zero (default 0.8)")
     pruning.add_argument("--initial-sparsity", type=float, help="sparsity at the first pruning step (default 0)")
     pruning.add_argument("--epochs", type=int, help="fine-tuning epochs while pruning (default 15)")
@@ -60,6 +71,24 @@ def register(commands) -> argparse.ArgumentParser:
     return pruning
 
 
+def _print_units(m: dict, output: str) -> int:
+    """What ``--method units|fisher`` did: units, accuracy, parameters, FLOPs, sizes and latency before and after."""
+    units = m["units"]
+    print(f"removed {units['removed']} of {units['removable']} removable units ({m['method']} ranking)")
+    print(f"val_accuracy {m['val_accuracy_before']} -> {m['val_accuracy_after']}")
+    for key, label in (("params", "parameters"), ("flops", "multiply-adds")):
+        before, after = units[key]["before"], units[key]["after"]
+        print(f"{label:13s} {before:>10,d} -> {after:>10,d} ({before / after:.2f}x fewer)")
+    sizes = m["size_bytes"]
+    print(f"{'keras gzip':13s} {sizes['before']['keras_gzip']:>10,d} -> {sizes['after']['keras_gzip']:>10,d} bytes")
+    for key, before in units["latency_ms"]["before"].items():
+        print(f"{key:13s} {before:>10.3f} -> {units['latency_ms']['after'][key]:>10.3f} ms "
+              f"({units['speedup'][key]:.2f}x faster)")
+    print(f"wrote {os.path.join(output, 'model.keras')}, model.tflite, metrics.json, history.csv, recipe.yaml"
+          f"{report_files(output)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Prune and print sparsity, accuracy and sizes; returns the exit status."""
     if args.output is None:
@@ -72,15 +101,18 @@ def run(args: argparse.Namespace) -> int:
     from transferkit.prune import prune
 
     result = prune(args.run_dir, args.data, output=args.output, verbose=0 if args.quiet else 2,
-                   overwrite=args.overwrite, tensorboard=args.tensorboard,
+                   overwrite=args.overwrite, tensorboard=args.tensorboard, seed=args.seed,
                    target_sparsity=args.target_sparsity, initial_sparsity=args.initial_sparsity,
                    epochs=args.epochs, learning_rate=args.learning_rate, schedule=args.schedule,
                    structure=args.structure, layers=tuple(args.layers) if args.layers else None,
                    allocation=args.allocation, batch_norm=args.batch_norm,
                    quantize=args.quantize or None, summaries=args.summaries, qat=args.qat or None,
                    qat_epochs=args.qat_epochs, qat_learning_rate=args.qat_learning_rate,
-                   calibration_images=args.calibration_images)
+                   calibration_images=args.calibration_images, method=args.method,
+                   target_reduction=args.target_reduction, by=args.by, fisher_batches=args.fisher_batches)
     m = result.metrics
+    if m.get("units"):
+        return _print_units(m, args.output)
     before, after = m["size_bytes"]["before"], m["size_bytes"]["after"]
     print(f"pruned {len(m['layer_sparsity'])} layers ({m['pruned_weights']} of {m['model_weights']} weights): "
           f"sparsity {m['sparsity']:.3f} (whole model {m['model_sparsity']:.3f})")

@@ -1,0 +1,83 @@
+"""Unit pruning end to end: whole units removed while fine-tuning, the narrower run reloads and predicts."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from transferkit.config import PruneConfig
+from transferkit.errors import RecipeError
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="channels"), "prune.method must be one of"),
+    (dict(method="units", target_reduction=1.0), "target_reduction must be a number in"),
+    (dict(method="fisher", by="weights"), "prune.by must be one of"),
+    (dict(method="units", structure="2:4"), "removes whole units"),
+    (dict(method="fisher", qat=True), "removes whole units"),
+    (dict(method="fisher", fisher_batches=0), "fisher_batches must be an integer"),
+])
+def test_bad_unit_pruning_settings_are_recipe_errors(settings, message):
+    with pytest.raises(RecipeError, match=message):
+        PruneConfig(**settings)
+
+
+def test_each_method_has_its_own_default_rate_and_a_given_rate_wins():
+    assert PruneConfig().rate == 3e-3 and PruneConfig(method="fisher").rate == 1e-4
+    assert PruneConfig(method="units", learning_rate=5e-5).rate == 5e-5
+
+
+@pytest.fixture(scope="module")
+def narrow(digits_run):
+    from transferkit.prune import prune
+
+    root, run = digits_run
+    result = prune(run, output=root / "fisher", verbose=0, method="fisher", target_reduction=0.3, epochs=2,
+                   ramp=0.5, fisher_batches=2, batch_size=8)
+    return root, result
+
+
+def test_fisher_removes_the_target_share_of_units_and_records_the_cost_before_and_after(narrow):
+    root, result = narrow
+    units = result.metrics["units"]
+    assert result.metrics["method"] == "fisher"
+    assert units["removed"] == round(0.3 * units["removable"])
+    assert sum(n["before"] - n["after"] for n in units["layers"].values()) == units["removed"]
+    assert units["params"]["after"] < units["params"]["before"] and units["flops"]["after"] < units["flops"]["before"]
+    assert units["params"]["after"] == result.model.count_params()
+    for when in ("before", "after"):
+        assert set(units["latency_ms"][when]) == {"keras_b1", "keras_b32", "tflite_b1", "tflite_b32"}
+        assert all(v > 0 for v in units["latency_ms"][when].values())
+    assert "block_15_project" in units["refused"]  # a residual sum takes its output
+    stages = [row["stage"] for row in result.history]
+    assert stages == ["units-1", "units-tune"]  # one removal step (ramp 0.5 of 2 epochs), then one epoch at the target
+    saved = json.loads((root / "fisher" / "metrics.json").read_text())
+    assert saved["units"]["removed"] == units["removed"] and saved["val_accuracy"] == result.metrics["val_accuracy"]
+
+
+def test_the_narrow_run_reloads_in_plain_keras_and_predicts_from_the_cli(narrow, digits_run):
+    import keras
+
+    root, result = narrow
+    model = keras.models.load_model(root / "fisher" / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (3, 48, 48, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
+    image = next((root / "digits" / "2").iterdir())
+    out = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(root / "fisher"), str(image)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert image.name in out.stdout
+
+
+def test_a_narrow_run_loads_as_a_transfer_model_and_prunes_again(narrow):
+    from transferkit.prune import prune
+    from transferkit.runs import load_transfer
+
+    root, first = narrow
+    transfer, metrics, _ = load_transfer(root / "fisher")
+    assert transfer.model.count_params() == first.model.count_params()
+    again = prune(root / "fisher", verbose=0, method="units", target_reduction=0.2, epochs=1, batch_size=8)
+    assert again.model.count_params() < first.model.count_params()
+    assert again.metrics["units"]["params"]["before"] == first.model.count_params()
