@@ -12,8 +12,9 @@ magnitude pruning (TF-MOT, the default setting) against ``--method units``
 and ``--method fisher`` at several reductions, each with parameters,
 multiply-adds per image, ``.keras`` gzip size and the median CPU latency of
 the Keras model and its ``.tflite`` file at batch 1 and 32 (the same
-:func:`transferkit.shrink.latency` for every row, the dense model measured in
-each child too), and the Pareto front of accuracy against TFLite batch-1
+:func:`transferkit.shrink.latency` for every row; each speed-up is against
+the dense model timed in the same process, since timings drift between
+processes), and the Pareto front of accuracy against TFLite batch-1
 latency; ``--seeds`` repeats each pruning with another shuffle/Fisher seed.
 
 Usage:
@@ -119,6 +120,9 @@ def unit_grid(run: Path, scratch: Path, seeds: list[int]) -> dict:
             row = run_child(UNIT_CHILD, argv=(str(run), str(out), json.dumps({**overrides, "seed": seed})),
                             what="unit pruning")
             dense = dense or row["dense"]
+            row["pruned"]["speedup"] = {k: round(row["dense"]["latency_ms"][k] / v, 2)  # against the dense model
+                                        for k, v in row["pruned"]["latency_ms"].items()}  # timed in the same process
+            row["pruned"]["dense_latency_ms"] = row["dense"]["latency_ms"]
             runs.setdefault(name, []).append(row["pruned"])
             p = row["pruned"]
             print(f"[seed {seed}] {name}: val {p['val_accuracy']}, params {p['params']:,d}, flops {p['flops']:,d}, "
@@ -127,7 +131,9 @@ def unit_grid(run: Path, scratch: Path, seeds: list[int]) -> dict:
                    "val_accuracy_runs": [r["val_accuracy"] for r in rows],
                    "params": rows[0]["params"], "flops": rows[0]["flops"], "keras_gzip": rows[0]["keras_gzip"],
                    "latency_ms": {k: round(sorted(r["latency_ms"][k] for r in rows)[len(rows) // 2], 3)
-                                  for k in rows[0]["latency_ms"]}}
+                                  for k in rows[0]["latency_ms"]},
+                   "speedup": {k: round(sorted(r["speedup"][k] for r in rows)[len(rows) // 2], 2)
+                               for k in rows[0]["speedup"]}}
             for name, rows in runs.items()}
     table = {"dense": dense, **mean}
     return {"seeds": seeds, "settings": UNIT_SETTINGS, "table": table, "pareto": pareto(table), "runs": runs}
@@ -143,7 +149,7 @@ def print_units(report: dict) -> None:
         print(f"{name:17s} {r['val_accuracy']:7.4f} {100 * (dense['val_accuracy'] - r['val_accuracy']):6.2f} "
               f"{r['params']:8,d} {dense['params'] / r['params']:5.2f} {r['flops']:10,d} "
               f"{dense['flops'] / r['flops']:5.2f} {r['keras_gzip']:9,d} {lat['tflite_b1']:7.3f} "
-              f"{dense['latency_ms']['tflite_b1'] / lat['tflite_b1']:5.2f} {lat['tflite_b32']:7.3f} "
+              f"{r.get('speedup', {}).get('tflite_b1', 1.0):5.2f} {lat['tflite_b32']:7.3f} "
               f"{lat['keras_b1']:8.3f} {lat['keras_b32']:9.3f}")
     print(f"Pareto front (accuracy against TFLite batch-1 latency): {', '.join(report['pareto'])}")
 
