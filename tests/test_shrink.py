@@ -81,3 +81,55 @@ def test_a_narrow_run_loads_as_a_transfer_model_and_prunes_again(narrow):
     again = prune(root / "fisher", verbose=0, method="units", target_reduction=0.2, epochs=1, batch_size=8)
     assert again.model.count_params() < first.model.count_params()
     assert again.metrics["units"]["params"]["before"] == first.model.count_params()
+
+
+def test_a_narrow_run_refuses_magnitude_pruning_and_an_unreachable_target_is_refused_before_work(narrow, digits_run):
+    from transferkit.prune import prune
+
+    root, _ = narrow
+    with pytest.raises(RecipeError, match="was unit-pruned"):
+        prune(root / "fisher", verbose=0, target_sparsity=0.5, epochs=1)
+    with pytest.raises(RecipeError, match="cannot be reached: every layer keeps 10%"):
+        prune(digits_run[1], verbose=0, method="units", target_reduction=0.95, epochs=1)
+    with pytest.raises(RecipeError, match="of the flops cannot be reached"):
+        prune(digits_run[1], verbose=0, method="fisher", by="flops", target_reduction=0.99, epochs=1)
+
+
+def test_fisher_information_is_theis_et_al_s_per_image_signal():
+    """On a one-layer model the signal is computable by hand: a = relu(x W), loss = sum of the output."""
+    import keras
+
+    from transferkit.heads import task_spec
+    from transferkit.shrink import fisher_information
+    from transferkit.surgery import layer_nodes
+    from transferkit.units import find_unit_layers
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, activation="relu", name="d1")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out")(hidden))
+    units, _ = find_unit_layers(*layer_nodes(model))
+    x = rng.normal(size=(6, 4)).astype("float32")
+    y = np.zeros((6, 1), "float32")
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(3)
+    task = task_spec("regression", 1)  # mse: loss_n = out_n ** 2
+    scores = fisher_information(model, units, data, task, batches=2)["d1"]
+    w1, b1 = model.get_layer("d1").get_weights()
+    w2, b2 = model.get_layer("out").get_weights()
+    a = np.maximum(x @ w1 + b1, 0)
+    out = a @ w2 + b2
+    g = 2 * out * w2[:, 0]  # d(out^2)/da, per image and unit
+    expected = ((a * g) ** 2).sum(axis=0) / (2 * len(x))
+    np.testing.assert_allclose(scores, expected, rtol=1e-4)
+
+
+def test_the_cli_refuses_the_other_method_s_flags(tmp_path, capsys):
+    from transferkit.cli import main
+
+    assert main(["prune", str(tmp_path), "--output", str(tmp_path / "p"), "--method", "fisher",
+                 "--target-sparsity", "0.5"]) == 2
+    assert "--target-sparsity belong(s) to magnitude pruning" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path), "--output", str(tmp_path / "p"), "--by", "flops"]) == 2
+    assert "add --method units or fisher" in capsys.readouterr().err

@@ -79,6 +79,10 @@ def test_dense_units_fold_into_a_bias_and_a_non_zero_activation_is_refused():
     ([node("c", "Conv2D", "x", filters=8, kernel_size=(1, 1)),
       node("flat", "Flatten", "c"), node("s", "Dense", "flat", units=4)],
      "not a per-channel layer"),
+    ([node("c", "Dense", "x", units=8, activation="relu"), node("bn", "BatchNormalization", "c", axis=-1),
+      node("s", "Dense", "bn", units=4, use_bias=False, activation="relu"),  # the constant meets relu first
+      node("sbn", "BatchNormalization", "s", axis=-1)],
+     "no BatchNorm right after its linear output"),
 ])
 def test_a_removed_unit_that_would_not_stay_exact_makes_the_layer_refused(nodes, reason):
     found, refused = find_unit_layers([node("x", "InputLayer"), *nodes, node("out", "Dense", nodes[-1].name,

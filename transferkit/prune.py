@@ -456,9 +456,16 @@ def prune_units(transfer, images, config: PruneConfig, *, batch_size: int = 32, 
     Raises:
         RecipeError: When the model has no removable unit.
     """
-    from transferkit.shrink import latency, remove_units
+    from transferkit.shrink import check_target, latency, remove_units
+    from transferkit.surgery import layer_nodes
+    from transferkit.units import find_unit_layers
 
     started = time.perf_counter()
+    found, refused = find_unit_layers(*layer_nodes(transfer.model))
+    if not found:  # before any measurement: those take minutes
+        raise RecipeError("The model has no layer whose units can be removed: " +
+                          "; ".join(f"{name}: {why}" for name, why in refused.items()))
+    check_target(transfer.model, found, config)
     val_ds = make_dataset(images.x_val, images.y_val, batch_size=max(64, config.batch_size or batch_size))
     before = _evaluate(transfer, val_ds)
     sizes_before, tflite_before = model_sizes(transfer.model, quantize=config.quantize)
@@ -511,7 +518,7 @@ def _report(report: dict, before: dict, after: dict, sizes: dict, targets: dict,
         "model_weights": report["model_weights"],
         "model_sparsity": report["model"],
         "twin_max_difference": None,
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "learning_rate": config.rate},  # the rate used, the method's default too
         "steps": steps,
         "seconds": None,
         "quantization": None,
@@ -651,7 +658,8 @@ def prune(
         callbacks: Extra Keras callbacks for the pruning stage.
         tensorboard: Write TensorBoard logs under ``output/tensorboard`` (needs ``output``);
             TF-MOT's sparsity summaries go there too unless ``config.summaries`` is set.
-        seed: Shuffle (and Fisher batch) seed; ``None`` keeps the run's.
+        seed: Shuffle (and Fisher batch) seed; ``None`` keeps the run's. The
+            validation split is always the run's (its recipe's seed).
         **overrides: :class:`PruneConfig` fields (``target_sparsity=0.8``).
 
     Returns:
@@ -663,29 +671,28 @@ def prune(
         RecipeError: For bad settings.
     """
     config = dataclasses.replace(config or PruneConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    check_output(output, overwrite=overwrite)
-    if tensorboard and output is None:
-        raise RecipeError("--tensorboard writes its logs into the pruned run's folder: give --output DIR too.")
+    _check_output(output, overwrite, tensorboard)
     transfer, run_metrics, recipe = load_transfer(run_dir)
+    _check_source(run_dir, run_metrics, config)
     folder = _data_folder(data, recipe)
     images = run_images(recipe, folder, transfer.image_size, run_metrics["class_names"], purpose="pruning")
-    pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None,
-                                   seed=recipe.seed if seed is None else seed)
+    seed = recipe.seed if seed is None else seed  # the shuffle's; recipe.yaml keeps the run's (its split)
+    pruned_recipe = recipe.replace(data=str(folder), prune=config, output=str(output) if output else None)
     checkpoint = _checkpoint(run_dir, output, pruned_recipe, images, overwrite) if config.method == "magnitude" else None
     before = list(checkpoint.state.history) if checkpoint is not None and checkpoint.resume_for("prune") else []
     with tensorboard_logs(pruned_recipe.replace(tensorboard=tensorboard)) as board:
         if board and config.summaries is None:
             config = dataclasses.replace(config, summaries=os.path.join(board[0].log_dir, "sparsity"))
         if config.method == "magnitude":
-            result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=pruned_recipe.seed,
+            result = prune_transfer(transfer, images, config, batch_size=recipe.batch_size, seed=seed,
                                     verbose=verbose, checkpoint=checkpoint, history=before,
                                     callbacks=(*callbacks, *board))
         else:  # whole units removed: no resume state (the narrower model is rebuilt at every step)
-            result = prune_units(transfer, images, config, batch_size=recipe.batch_size, seed=pruned_recipe.seed,
+            result = prune_units(transfer, images, config, batch_size=recipe.batch_size, seed=seed,
                                  verbose=verbose, callbacks=(*callbacks, *board))
         if config.qat:
             quantization, result.files, rows = quantize_pruned(
-                transfer, images, config, batch_size=config.batch_size or recipe.batch_size, seed=pruned_recipe.seed,
+                transfer, images, config, batch_size=config.batch_size or recipe.batch_size, seed=seed,
                 verbose=verbose, callbacks=(*callbacks, *board))
             result.metrics["quantization"], result.history = quantization, result.history + rows
     result.history = before + result.history
@@ -697,6 +704,21 @@ def prune(
                  tflite=result.tflite, overwrite=overwrite, extras={**extras, **result.files})
         report_quietly(output)
     return result
+
+
+def _check_output(output: Any, overwrite: bool, tensorboard: bool) -> None:
+    """The output folder is free (or ``overwrite``), and ``--tensorboard`` has one to write in."""
+    check_output(output, overwrite=overwrite)
+    if tensorboard and output is None:
+        raise RecipeError("--tensorboard writes its logs into the pruned run's folder: give --output DIR too.")
+
+
+def _check_source(run_dir: Any, run_metrics: dict[str, Any], config: PruneConfig) -> None:
+    """Refuse magnitude pruning or QAT of a unit-pruned run (their twin is rebuilt at the backbone's full width)."""
+    if run_metrics.get("method") in ("units", "fisher") and (config.method == "magnitude" or config.qat):
+        raise RecipeError(f"{str(run_dir)!r} was unit-pruned ({run_metrics['method']}): magnitude pruning and QAT "
+                          "rebuild the model at its backbone's full width, which this narrower model no longer "
+                          "has. Prune it with --method units or fisher, or magnitude-prune the run it came from.")
 
 
 def _data_folder(data: Any, recipe: Any) -> Any:

@@ -36,10 +36,10 @@ from transferkit.flops import totals, unit_costs
 from transferkit.model import compile_model, make_optimizer, set_seed
 from transferkit.surgery import layer_nodes, layer_shapes, rebuild, unit_kernel_scale
 from transferkit.training import fit_stage
-from transferkit.units import fisher_scores, find_unit_layers, l2_scores, removal_counts, removal_step
+from transferkit.units import fisher_scores, find_unit_layers, l2_scores, removal_step
 
-__all__ = ["UnitRemoval", "fisher_information", "unit_scores", "remove_units", "latency", "HEAD_FACTOR",
-           "MIN_KEEP_SHARE"]
+__all__ = ["UnitRemoval", "fisher_information", "unit_scores", "remove_units", "check_target", "latency",
+           "HEAD_FACTOR", "MIN_KEEP_SHARE"]
 
 log = logging.getLogger("transferkit")
 
@@ -126,17 +126,22 @@ def unit_scores(model: Any, unit_layers: Sequence[Any], method: str, dataset: An
     return {u.name: l2_scores(*unit_kernel_scale(model, u)) for u in unit_layers}
 
 
-def _step_units(scores, alive, config: PruneConfig, count: int, flops_to_cut: float, costs, keep) -> dict:
+def _step_units(scores, alive, config: PruneConfig, count: int, flops_to_cut: float, costs, keep,
+                shapes, unit_layers) -> dict:
     """One step's removal: ``count`` units, or (``by="flops"``) the fewest ranked units that cut ``flops_to_cut``."""
+    from transferkit.flops import shrink
+
     per_layer = config.method == "units"
     ranking_cost = costs if config.by == "flops" and not per_layer else None
     if config.by == "units":
         return removal_step(scores, alive, count, per_layer=per_layer, cost=ranking_cost, min_keep=keep)
+    before = totals(shapes)[1]
     low, high = 0, sum(int(a.sum()) for a in alive.values())
-    while low < high:  # the smallest count whose units cut the FLOPs asked
+    while low < high:  # the smallest count whose units cut the FLOPs asked (counted on the shrunk shapes)
         middle = (low + high) // 2
         chosen = removal_step(scores, alive, middle, per_layer=per_layer, cost=ranking_cost, min_keep=keep)
-        if sum(costs[name] * len(idx) for name, idx in chosen.items()) >= flops_to_cut:
+        cut = before - totals(shrink(shapes, unit_layers, {n: len(i) for n, i in chosen.items()}))[1]
+        if cut >= flops_to_cut:
             high = middle
         else:
             low = middle + 1
@@ -189,20 +194,24 @@ def remove_units(transfer: Any, images: Any, config: PruneConfig, *, batch_size:
     batch = config.batch_size or batch_size
     train = make_dataset(images.x_train, images.y_train, batch_size=batch, shuffle=True, seed=seed)
     val = make_dataset(images.x_val, images.y_val, batch_size=max(64, batch))
-    keep = {u.name: max(1, int(np.ceil(MIN_KEEP_SHARE * u.units))) for u in unit_layers}
+    keep = _keep(unit_layers)
     start_units = {u.name: u.units for u in unit_layers}
     params0, flops0 = totals(layer_shapes(model))
+    check_target(model, unit_layers, config)
     steps = max(1, round(config.ramp * config.epochs))
-    counts = removal_counts(round(config.target_reduction * sum(start_units.values())), steps)
+    total = round(config.target_reduction * sum(start_units.values()))
     history: list[dict[str, Any]] = []
-    for k, count in enumerate(counts):
+    for k in range(steps):
         unit_layers, _ = find_unit_layers(*layer_nodes(model))
+        unit_layers = [u for u in unit_layers if u.name in start_units]
+        done = sum(start_units.values()) - sum(_width(model.get_layer(name)) for name in start_units)
+        count = max(0, round(total * (k + 1) / steps) - done)  # what a blocked step left is made up later
         flops = totals(layer_shapes(model))[1]
         costs = unit_costs(layer_shapes(model), unit_layers)
         scores = unit_scores(model, unit_layers, config.method, train, transfer.task, config.fisher_batches)
         alive = {u.name: np.ones(u.units, bool) for u in unit_layers}
         goal = flops0 * (1 - config.target_reduction * (k + 1) / steps)
-        chosen = _step_units(scores, alive, config, count, flops - goal, costs, keep)
+        chosen = _step_units(scores, alive, config, count, flops - goal, costs, keep, layer_shapes(model), unit_layers)
         model = rebuild(model, unit_layers, chosen)
         _compile(model, transfer.task, config.rate)
         log.info("Unit removal step %d of %d: %d units removed (%s ranking)", k + 1, steps,
@@ -215,12 +224,48 @@ def remove_units(transfer: Any, images: Any, config: PruneConfig, *, batch_size:
                         schedule=keras.optimizers.schedules.CosineDecay(config.rate, (config.epochs - steps) * len(train)),
                         name="units-tune")
         history += [{"stage": "units-tune", **row} for row in fit.rows]
-    final, _ = find_unit_layers(*layer_nodes(model))
-    after = {u.name: u.units for u in final}
+    after = {name: _width(model.get_layer(name)) for name in start_units}  # a layer down to one unit is no longer listed
     params1, flops1 = totals(layer_shapes(model))
     return UnitRemoval(model, history, {name: {"before": n, "after": after.get(name, n)} for name, n in start_units.items()},
                        refused, sum(start_units.values()) - sum(after.values()), sum(start_units.values()),
                        {"params": {"before": params0, "after": params1}, "flops": {"before": flops0, "after": flops1}})
+
+
+def _width(layer: Any) -> int:
+    """A ``Dense``/``Conv2D`` layer's units."""
+    return int(layer.get_config().get("filters") or layer.get_config()["units"])
+
+
+def _keep(unit_layers: Sequence[Any]) -> dict[str, int]:
+    """Units each layer keeps at least (:data:`MIN_KEEP_SHARE`, at least one)."""
+    return {u.name: max(1, int(np.ceil(MIN_KEEP_SHARE * u.units))) for u in unit_layers}
+
+
+def check_target(model: Any, unit_layers: Sequence[Any], config: PruneConfig) -> None:
+    """Refuse a target that removing every unit but each layer's minimum would not reach.
+
+    Args:
+        model: The model to prune.
+        unit_layers: Its unit layers.
+        config: The settings (``target_reduction``, ``by``).
+
+    Raises:
+        RecipeError: Naming the largest reachable target.
+    """
+    from transferkit.errors import RecipeError
+    from transferkit.flops import shrink
+
+    keep, flops = _keep(unit_layers), totals(layer_shapes(model))[1]
+    units = sum(u.units for u in unit_layers)
+    most = {u.name: u.units - keep[u.name] for u in unit_layers}
+    if config.by == "units":
+        reachable = sum(most.values()) / units
+    else:
+        reachable = 1 - totals(shrink(layer_shapes(model), unit_layers, most))[1] / flops
+    if config.target_reduction > reachable:
+        raise RecipeError(f"prune.target_reduction {config.target_reduction} of the {config.by} cannot be reached: "
+                          f"every layer keeps {MIN_KEEP_SHARE:.0%} of its units, so at most {reachable:.3f} can go. "
+                          f"Give a target of {reachable:.2f} or less.")
 
 
 def latency(model: Any, tflite: bytes, images: np.ndarray) -> dict[str, float]:

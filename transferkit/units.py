@@ -212,9 +212,11 @@ def _sink_fold(node: LayerNode, state: str, consumers: Mapping[str, list[LayerNo
     if node.config.get("use_bias", True):
         return node.name, ""
     after = consumers.get(node.name, [])
-    if len(after) == 1 and after[0].kind == "BatchNormalization":
+    if (len(after) == 1 and after[0].kind == "BatchNormalization" and _channels_last(after[0])
+            and _activation(node) in ("linear", None)):  # the constant must reach the BatchNorm unchanged
         return after[0].name, ""
-    return None, f"a removed unit is a constant at {node.name}, which has no bias and no BatchNorm to absorb it"
+    return None, (f"a removed unit is a constant at {node.name}, which has no bias and no BatchNorm right after "
+                  "its linear output to absorb it")
 
 
 def find_unit_layers(nodes: Sequence[LayerNode], outputs: Sequence[str]
@@ -361,7 +363,8 @@ def removal_step(scores: Mapping[str, np.ndarray], alive: Mapping[str, np.ndarra
             comparable from layer to layer); otherwise rank all units
             together (Fisher scores share the loss's units).
         cost: Per layer, the FLOPs one of its units costs; global scores are
-            divided by it (Theis et al.'s trade-off: costly units go first).
+            divided by it (loss increase per FLOP saved: costly units go
+            first; Theis et al. trade the two off with a weight instead).
         min_keep: Units every layer keeps (one number, or one per layer).
 
     Returns:

@@ -43,7 +43,7 @@ def register(commands) -> argparse.ArgumentParser:
     pruning.add_argument("--target-sparsity", type=float, help="share of each pruned kernel set to zero (default 0.8)")
     pruning.add_argument("--initial-sparsity", type=float, help="sparsity at the first pruning step (default 0)")
     pruning.add_argument("--epochs", type=int, help="fine-tuning epochs while pruning (default 15)")
-    pruning.add_argument("--learning-rate", type=float, help="peak learning rate while pruning (default 3e-3)")
+    pruning.add_argument("--learning-rate", type=float, help="peak learning rate while pruning (default 3e-3 for magnitude, 1e-4 for units and fisher)")
     pruning.add_argument("--schedule", choices=["polynomial", "constant"], help="sparsity schedule (default polynomial)")
     pruning.add_argument("--structure", choices=["unstructured", "2:4"], help="sparsity pattern (default unstructured)")
     pruning.add_argument("--layers", nargs="+", help="layer names or shell patterns (default: every Conv2D/Dense "
@@ -69,6 +69,20 @@ def register(commands) -> argparse.ArgumentParser:
                       help="replace a finished run in --output (only once the new one is complete)")
     pruning.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
     return pruning
+
+
+def _check_method_flags(args: argparse.Namespace) -> None:
+    """Refuse the flags of the other pruning method (they would be ignored)."""
+    units = args.method in ("units", "fisher")
+    magnitude_only = {"--target-sparsity": args.target_sparsity, "--initial-sparsity": args.initial_sparsity,
+                      "--schedule": args.schedule, "--structure": args.structure, "--layers": args.layers,
+                      "--allocation": args.allocation, "--batch-norm": args.batch_norm, "--summaries": args.summaries}
+    unit_only = {"--target-reduction": args.target_reduction, "--by": args.by, "--fisher-batches": args.fisher_batches}
+    given = [flag for flag, value in (magnitude_only if units else unit_only).items() if value is not None]
+    if given:
+        raise RecipeError(f"{', '.join(given)} belong(s) to {'magnitude' if units else 'unit'} pruning, but "
+                          f"--method is {args.method or 'magnitude'}: drop them, or "
+                          f"{'use --method magnitude' if units else 'add --method units or fisher'}.")
 
 
 def _print_units(m: dict, output: str) -> int:
@@ -98,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                                                      args.calibration_images)):
         raise RecipeError("--qat-epochs, --qat-learning-rate and --calibration-images set quantisation-aware "
                           "training: add --qat.")
+    _check_method_flags(args)
     from transferkit.prune import prune
 
     result = prune(args.run_dir, args.data, output=args.output, verbose=0 if args.quiet else 2,
