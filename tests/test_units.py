@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transferkit.units import LayerNode, fisher_scores, find_unit_layers, l2_scores, removal_counts, removal_step
+from transferkit.units import LayerNode, fisher_scores, find_unit_layers, l2_scores, removal_step
 
 
 def node(name, kind, *inputs, **config):
@@ -138,10 +138,3 @@ def test_a_per_layer_step_takes_each_layer_s_share_of_its_lowest_units():
         assert set(removed) <= set(live) and scores[name][removed].max() < scores[name][kept].min()
     tight = removal_step(scores, alive, 70, per_layer=True, min_keep={"wide": 50, "narrow": 2})
     assert {k: len(v) for k, v in tight.items()} == {"wide": 6, "narrow": 18}  # room: 6 and 18
-
-
-def test_removal_counts_spread_the_total_over_the_steps():
-    assert removal_counts(10, 4) == [3, 3, 2, 2]
-    assert sum(removal_counts(7, 3)) == 7 and removal_counts(0, 2) == [0, 0]
-    with pytest.raises(ValueError):
-        removal_counts(3, 0)

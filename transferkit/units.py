@@ -8,9 +8,9 @@ genuinely narrower, no sparse kernels needed. This module decides, over a
 plain description of the layer graph (:class:`LayerNode`, no TensorFlow),
 which layers have removable units (:func:`find_unit_layers`), ranks the
 units (:func:`l2_scores`, :func:`fisher_scores`) and picks the ones to
-remove at each step of a gradual removal (:func:`removal_step`,
-:func:`removal_counts`). :mod:`transferkit.surgery` reads the graph out of a
-Keras model and rebuilds it.
+remove at each step of a gradual removal (:func:`removal_step`).
+:mod:`transferkit.surgery` reads the graph out of a Keras model and
+rebuilds it.
 
 A layer's units are removable when everything between it and its sinks is
 per-channel (BatchNorm, depthwise convolution, activations, padding,
@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 __all__ = ["LayerNode", "UnitLayer", "find_unit_layers", "l2_scores", "fisher_scores", "removal_step",
-           "removal_counts", "ZERO_AT_ZERO"]
+           "ZERO_AT_ZERO"]
 
 #: Activations with f(0) = 0: a masked unit stays exactly zero through them.
 ZERO_AT_ZERO = frozenset({"linear", None, "relu", "relu6", "elu", "selu", "gelu", "swish", "silu", "tanh",
@@ -313,25 +313,6 @@ def fisher_scores(signal_squares: np.ndarray, examples: int) -> np.ndarray:
     if examples <= 0:
         raise ValueError(f"examples must be positive, got {examples}.")
     return np.asarray(signal_squares, dtype=np.float64) / (2.0 * examples)
-
-
-def removal_counts(total: int, steps: int) -> list[int]:
-    """Units to remove at each of ``steps`` steps of a gradual removal: ``total`` spread evenly, early steps first.
-
-    Args:
-        total: Units to remove in all.
-        steps: Removal steps.
-
-    Returns:
-        ``steps`` non-negative counts summing to ``total``.
-
-    Raises:
-        ValueError: When ``total`` is negative or ``steps`` is not positive.
-    """
-    if total < 0 or steps < 1:
-        raise ValueError(f"total must be >= 0 and steps >= 1, got total={total}, steps={steps}.")
-    base, extra = divmod(total, steps)
-    return [base + (1 if i < extra else 0) for i in range(steps)]
 
 
 def _shares(live: Mapping[str, int], count: int, min_keep: Mapping[str, int]) -> dict[str, int]:
