@@ -87,3 +87,22 @@ def test_l2_ranking_reads_the_kernel_and_folds_the_batch_norm(mobilenet_v2_h5):
     folded = np.asarray(bn(conv.reshape(5, 1, 1, -1), training=False)).reshape(5, -1)
     np.testing.assert_allclose(folded, conv * scale + shift, atol=1e-4)
     assert l2_scores(kernel, scale, shift).shape == (expand.units,)
+
+
+def test_the_folded_shift_counts_the_convolution_s_own_bias():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(5, 1, use_bias=True, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    rng = np.random.default_rng(2)
+    model.get_layer("conv").set_weights([rng.normal(size=(1, 1, 3, 5)), rng.normal(size=5)])
+    model.get_layer("bn").set_weights([rng.uniform(0.5, 2, 5), rng.normal(size=5), rng.normal(size=5),
+                                       rng.uniform(0.5, 2, 5)])
+    unit = find_unit_layers(*layer_nodes(model))[0][0]
+    kernel, scale, shift = unit_kernel_scale(model, unit)
+    x = rng.normal(size=(6, 4, 4, 3)).astype("float32")
+    conv = np.asarray(model.get_layer("conv")(x))
+    expected = np.asarray(model.get_layer("bn")(conv, training=False))
+    np.testing.assert_allclose(expected, (x @ kernel[0, 0]) * scale + shift, atol=1e-4)  # bias inside the shift

@@ -277,7 +277,7 @@ def latency(model: Any, tflite: bytes, images: np.ndarray) -> dict[str, float]:
     Args:
         model: The Keras 3 model.
         tflite: Its ``.tflite`` bytes.
-        images: At least 32 images to time on.
+        images: Images to time on (repeated to make a batch of 32 when there are fewer).
 
     Returns:
         ``{"keras_b1", "keras_b32", "tflite_b1", "tflite_b32"}`` in milliseconds.
@@ -287,7 +287,7 @@ def latency(model: Any, tflite: bytes, images: np.ndarray) -> dict[str, float]:
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     out = {}
     for size, repeats in LATENCY_REPEATS.items():
-        x = np.asarray(images[:size], dtype=np.float32)
+        x = np.resize(np.asarray(images, dtype=np.float32), (size, *np.shape(images)[1:]))  # repeated when fewer
         out[f"keras_b{size}"] = _median_ms(lambda: call(x).numpy(), repeats)
         interpreter = tf.lite.Interpreter(model_content=tflite, num_threads=1)
         detail = interpreter.get_input_details()[0]
