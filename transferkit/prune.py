@@ -456,7 +456,7 @@ def prune_units(transfer, images, config: PruneConfig, *, batch_size: int = 32, 
     Raises:
         RecipeError: When the model has no removable unit.
     """
-    from transferkit.shrink import check_target, latency, remove_units
+    from transferkit.shrink import check_target, latency, removal_steps, remove_units
     from transferkit.surgery import layer_nodes
     from transferkit.units import find_unit_layers
 
@@ -480,7 +480,7 @@ def prune_units(transfer, images, config: PruneConfig, *, batch_size: int = 32, 
     metrics = _report({"global": None, "layers": None, "pruned_weights": None, "model_weights": None, "model": None},
                       before, after,
                       {"before": sizes_before, "after": sizes_after}, None, config,
-                      {"removal_steps": max(1, round(config.ramp * config.epochs)), "epochs": config.epochs})
+                      {"removal_steps": removal_steps(config), "epochs": config.epochs})
     metrics["model_weights"] = removal.cost["params"]["after"]
     metrics["units"] = {
         "removed": removal.removed, "removable": removal.removable, **removal.cost,

@@ -38,7 +38,7 @@ from transferkit.surgery import layer_nodes, layer_shapes, rebuild, unit_kernel_
 from transferkit.training import fit_stage
 from transferkit.units import fisher_scores, find_unit_layers, l2_scores, removal_step
 
-__all__ = ["UnitRemoval", "fisher_information", "unit_scores", "remove_units", "check_target", "latency",
+__all__ = ["UnitRemoval", "fisher_information", "unit_scores", "remove_units", "removal_steps", "check_target", "latency",
            "HEAD_FACTOR", "MIN_KEEP_SHARE"]
 
 log = logging.getLogger("transferkit")
@@ -198,7 +198,7 @@ def remove_units(transfer: Any, images: Any, config: PruneConfig, *, batch_size:
     start_units = {u.name: u.units for u in unit_layers}
     params0, flops0 = totals(layer_shapes(model))
     check_target(model, unit_layers, config)
-    steps = max(1, round(config.ramp * config.epochs))
+    steps = removal_steps(config)
     total = round(config.target_reduction * sum(start_units.values()))
     history: list[dict[str, Any]] = []
     for k in range(steps):
@@ -206,12 +206,13 @@ def remove_units(transfer: Any, images: Any, config: PruneConfig, *, batch_size:
         unit_layers = [u for u in unit_layers if u.name in start_units]
         done = sum(start_units.values()) - sum(_width(model.get_layer(name)) for name in start_units)
         count = max(0, round(total * (k + 1) / steps) - done)  # what a blocked step left is made up later
-        flops = totals(layer_shapes(model))[1]
-        costs = unit_costs(layer_shapes(model), unit_layers)
+        shapes = layer_shapes(model)  # once per step: the totals, the unit costs and the FLOP search read it
+        flops = totals(shapes)[1]
+        costs = unit_costs(shapes, unit_layers)
         scores = unit_scores(model, unit_layers, config.method, train, transfer.task, config.fisher_batches)
         alive = {u.name: np.ones(u.units, bool) for u in unit_layers}
         goal = flops0 * (1 - config.target_reduction * (k + 1) / steps)
-        chosen = _step_units(scores, alive, config, count, flops - goal, costs, keep, layer_shapes(model), unit_layers)
+        chosen = _step_units(scores, alive, config, count, flops - goal, costs, keep, shapes, unit_layers)
         model = rebuild(model, unit_layers, chosen)
         _compile(model, transfer.task, config.rate)
         log.info("Unit removal step %d of %d: %d units removed (%s ranking)", k + 1, steps,
@@ -236,6 +237,11 @@ def _width(layer: Any) -> int:
     return int(layer.get_config().get("filters") or layer.get_config()["units"])
 
 
+def removal_steps(config: PruneConfig) -> int:
+    """Removal steps of a unit-pruning run: ``round(ramp * epochs)``, at least one (one epoch each)."""
+    return max(1, round(config.ramp * config.epochs))
+
+
 def _keep(unit_layers: Sequence[Any]) -> dict[str, int]:
     """Units each layer keeps at least (:data:`MIN_KEEP_SHARE`, at least one)."""
     return {u.name: max(1, int(np.ceil(MIN_KEEP_SHARE * u.units))) for u in unit_layers}
@@ -255,13 +261,14 @@ def check_target(model: Any, unit_layers: Sequence[Any], config: PruneConfig) ->
     from transferkit.errors import RecipeError
     from transferkit.flops import shrink
 
-    keep, flops = _keep(unit_layers), totals(layer_shapes(model))[1]
+    keep, shapes = _keep(unit_layers), layer_shapes(model)
+    flops = totals(shapes)[1]
     units = sum(u.units for u in unit_layers)
     most = {u.name: u.units - keep[u.name] for u in unit_layers}
     if config.by == "units":
         reachable = sum(most.values()) / units
     else:
-        reachable = 1 - totals(shrink(layer_shapes(model), unit_layers, most))[1] / flops
+        reachable = 1 - totals(shrink(shapes, unit_layers, most))[1] / flops
     if config.target_reduction > reachable:
         raise RecipeError(f"prune.target_reduction {config.target_reduction} of the {config.by} cannot be reached: "
                           f"every layer keeps {MIN_KEEP_SHARE:.0%} of its units, so at most {reachable:.3f} can go. "
