@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from transferkit.cli import main
@@ -174,3 +175,70 @@ def test_technique_flags_parse_to_their_recipe_fields():
     assert (recipe.ema, recipe.learning_rate, recipe.head.l1, recipe.clip_value, recipe.tta) == (
         0.999, "auto", 1e-5, 0.5, 4)
     assert build_parser().parse_args(["finetune", "data", "--ema", "0.99"]).ema == 0.99
+
+
+def _label_table(sign_digits, root, kind):
+    """Digits 0-3, 10 photos each, under ``root/images``, and a table of labels derived from the digit."""
+    rows = []
+    for digit in range(4):
+        folder = root / "images" / str(digit)
+        folder.mkdir(parents=True)
+        for path in sorted((sign_digits / str(digit)).iterdir())[:10]:
+            shutil.copy(path, folder / path.name)
+            tags = ["even" if digit % 2 == 0 else "odd"] + (["big"] if digit >= 2 else [])
+            rows.append(f"{digit}/{path.name},{'|'.join(tags) if kind == 'multilabel' else f'{digit},{digit * 10}'}")
+    header = "file,tags" if kind == "multilabel" else "file,digit,tens"
+    (root / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root / "images", root / "labels.csv"
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+def test_a_label_table_trains_from_the_cli_and_predicts(task, sign_digits, tmp_path, capsys):
+    data, table = _label_table(sign_digits, tmp_path, task)
+    out = tmp_path / "run"
+    flags = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--image-size", "48", "--epochs", "2",
+             "--fine-tune-epochs", "1", "--batch-size", "8", "--seed", "0"]
+    assert main(["finetune", str(data), "--labels", str(table), "--task", task, *flags, "--output", str(out),
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["val_accuracy"] is None and metrics["val_loss"] is not None
+    assert metrics["train_images"] + metrics["val_images"] == 40 and metrics["val_images"] == 8
+    scores, image = metrics["validation_scores"], sorted((data / "2").iterdir())[0]
+    assert metrics["plan"]["quadrant"].startswith("small+")  # the planner plans for every task
+    if task == "multilabel":
+        assert metrics["class_names"] == ["big", "even", "odd"] and set(metrics["thresholds"]) == {"big", "even", "odd"}
+        assert 0 <= scores["micro_f1"] <= 1 and 0 <= scores["mean_average_precision"] <= 1
+        assert metrics["thresholds"] == scores["thresholds"] and "validation micro F1" in printed
+        assert "per label" in printed and "linear probe" in printed  # no probe without classes: the plan says so
+    else:
+        assert metrics["class_names"] == ["digit", "tens"] and "thresholds" not in metrics
+        assert set(scores["per_target"]) == {"digit", "tens"} and scores["mae"] >= 0
+        assert "validation digit: MAE" in printed and "small (regression" in printed
+    assert main(["predict", str(out), str(image)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    if task == "multilabel":
+        assert line.startswith(f"{image}: labels [") and all(name in line for name in ("big", "even", "odd"))
+    else:
+        values = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))
+        assert set(values) == {"digit", "tens"} and all(np.isfinite(float(v)) for v in values.values())
+
+
+def test_label_table_mistakes_stop_before_any_image_is_decoded(sign_digits, tmp_path, capsys):
+    data, table = _label_table(sign_digits, tmp_path, "regression")
+    good = table.read_text()
+    table.write_text(good + "0/gone.jpg,0,0\n")
+    common = ["finetune", str(data), "--labels", str(table), "--output", str(tmp_path / "run")]
+    assert main([*common, "--task", "regression"]) == 2
+    err = capsys.readouterr().err
+    assert "line 42: 0/gone.jpg" in err and "not found" in err and not (tmp_path / "run").exists()
+    table.write_text(good.replace(",1,10\n", ",one,10\n", 1))
+    assert main([*common, "--task", "regression"]) == 2
+    assert "line 12 (digit: 'one')" in capsys.readouterr().err
+    table.write_text(good)
+    assert main([*common, "--task", "regression", "--label-columns", "tens,age"]) == 2
+    assert "'age' are not in" in capsys.readouterr().err
+    assert main(["finetune", str(data), "--task", "multilabel", "--output", str(tmp_path / "run")]) == 2
+    assert "needs labels from a table" in capsys.readouterr().err
+    assert main([*common, "--task", "regression", "--class-weight"]) == 2
+    assert "class_weight score(s) one class per image" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from transferkit.config import DEMO_RECIPE, Recipe, load_recipe, recipe_to_dict
+from transferkit.config import DEMO_RECIPE, Recipe, TuneConfig, load_recipe, recipe_to_dict
 from transferkit.errors import RecipeError
 
 
@@ -110,3 +111,32 @@ def test_the_techniques_recipe_loads_with_its_settings(monkeypatch, tmp_path):
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "sign_digits_techniques.yaml")
     assert (recipe.ema, recipe.tta, recipe.head_schedule.kind, recipe.schedule.kind) == (0.99, 2, "one-cycle", "cosine")
     assert recipe.data == f"{tmp_path}/datasets/sign-language-digits"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"label_columns": ["a"]}, "label_columns read"),
+    ({"label_delimiter": "|"}, "label_delimiter read"),
+    ({"labels": "t.csv", "val_dir": "v"}, "val_dir does not combine with labels"),
+    ({"labels": "t.csv", "max_per_class": 4}, "max_per_class does not combine"),
+    ({"labels": "t.csv", "task": "regression", "tta": 2}, "tta score"),
+    ({"labels": "t.csv", "task": "multilabel", "class_weight": True}, "class_weight score"),
+    ({"labels": "t.csv", "task": "multilabel", "tune": {"objective": "val_accuracy"}}, "--objective val_loss"),
+    ({"labels": "t.csv", "label_delimiter": ""}, "label_delimiter must be"),
+    ({"labels": "t.csv", "label_columns": []}, "label_columns must be a list"),
+    ({"task": "multilabel"}, "needs labels from a table"),
+    ({"task": "ranking"}, "task must be one of"),
+])
+def test_label_table_settings_are_checked(fields, message, tmp_path):
+    (tmp_path / "r.yaml").write_text("".join(f"{k}: {v!r}\n" if not isinstance(v, (dict, list)) else f"{k}: {v}\n"
+                                             for k, v in fields.items()))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(tmp_path / "r.yaml")
+
+
+def test_label_table_settings_round_trip(tmp_path):
+    recipe = Recipe(labels="t.csv", task="multilabel", label_columns="cat", label_delimiter=" ")
+    assert recipe.label_columns == ("cat",)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe)))
+    again = load_recipe(tmp_path / "r.yaml")
+    assert again.label_columns == ("cat",) and again.label_delimiter == " " and again.task == "multilabel"
+    assert Recipe(labels="t.csv", task="regression", tune=TuneConfig(objective="val_loss")).tune.objective == "val_loss"

@@ -1,12 +1,15 @@
 """Image folders: decoding every common mode, skips counted, bad folders refused."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from transferkit.data import (class_weights, decode_images, load_image_folder, sample_per_class, scan_folder,
                               stratified_split)
-from transferkit.errors import DataError
+from transferkit.errors import DataError, RecipeError
 
 
 def _write(path, mode, size=(40, 30), fmt=None, **kwargs):
@@ -151,3 +154,44 @@ def test_augmented_views_are_the_images_then_seeded_copies():
     assert not np.array_equal(views, augmented_views(x, AUGMENT_PRESETS["strong"], 3, seed=2, batch_size=2))
     with pytest.raises(ValueError, match="at least 1"):
         augmented_views(x, AUGMENT_PRESETS["strong"], 0)
+
+
+def test_a_class_table_reads_what_the_class_folders_read(sign_digits, tmp_path, monkeypatch):
+    from transferkit.config import Recipe
+    from transferkit.data import load_image_folder, load_recipe_data
+
+    data = tmp_path / "digits"
+    for digit in ("4", "5", "6"):
+        (data / digit).mkdir(parents=True)
+        for path in sorted((sign_digits / digit).iterdir())[:6]:
+            shutil.copy(path, data / digit / path.name)
+    scan = scan_folder(data)
+    rows = [f"{Path(f).relative_to(data)},{scan.class_names[y]}" for f, y in zip(scan.files, scan.labels)]
+    (tmp_path / "labels.csv").write_text("path,digit\n" + "\n".join(rows) + "\n")
+    folders = load_image_folder(data, image_size=32, seed=1)
+    monkeypatch.setenv("TRANSFERKIT_CACHE_DIR", str(tmp_path / "cache"))
+    for stream in (False, True):
+        recipe = Recipe(labels=str(tmp_path / "labels.csv"), seed=1, stream=stream)
+        table, files = load_recipe_data(recipe, data, 32)
+        assert table.task == "multiclass" and table.class_names == folders.class_names and len(files) == 18
+        for name in ("x_train", "y_train", "x_val", "y_val"):
+            np.testing.assert_array_equal(np.asarray(getattr(table, name)[:]), getattr(folders, name))
+        assert table.task_for(None) == "multiclass"
+    with pytest.raises(RecipeError, match="task multilabel does not fit"):
+        folders.task_for("multilabel")
+
+
+def test_a_multilabel_table_splits_at_random_and_counts_images_per_label(sign_digits, tmp_path):
+    from transferkit.data import load_label_table
+    from transferkit.labels import read_labels
+
+    picks = sorted((sign_digits / "8").iterdir())[:10]
+    rows = [f"{p.name},{'a|b' if i % 3 == 0 else 'b'}" for i, p in enumerate(picks)]
+    (tmp_path / "t.csv").write_text("path,tags\n" + "\n".join(rows) + "\n")
+    images = load_label_table(read_labels(tmp_path / "t.csv", sign_digits / "8", "multilabel"), image_size=32,
+                              val_split=0.3, seed=0)
+    assert images.task == "multilabel" and images.y_train.shape == (7, 2) and images.y_val.shape == (3, 2)
+    both = images.counts("train")["a"] + images.counts("val")["a"]
+    assert both == 4 and images.counts("train")["b"] == 7 and not images.one_class_each
+    with pytest.raises(RecipeError, match="task binary does not fit"):
+        images.task_for("binary")

@@ -27,7 +27,7 @@ from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 __all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "ScheduleConfig", "schedule_config",
            "SCHEDULE_KINDS", "load_recipe", "recipe_to_dict", "TuneConfig", "TUNERS", "OBJECTIVES", "SPACE_PRESETS",
            "augment_config", "check_number", "check_bool", "check_text", "DEMO_RECIPE", "PLANS", "SIMILARITIES",
-           "TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS", "AUTO", "DEFAULT_LEARNING_RATE", "MAX_TTA"]
+           "TASKS", "NON_CLASS_TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS", "AUTO", "DEFAULT_LEARNING_RATE", "MAX_TTA"]
 
 #: Values of ``Recipe.plan``.
 PLANS = ("auto", "none")
@@ -41,6 +41,8 @@ DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 
 #: Tasks a head can be built for.
 TASKS = ("multiclass", "binary", "multilabel", "regression")
+#: Tasks without one class per image: they need a label table and have no accuracy.
+NON_CLASS_TASKS = ("multilabel", "regression")
 #: Pooling of the backbone's feature map in the head.
 POOLINGS = ("avg", "max", "flatten")
 
@@ -538,8 +540,9 @@ class Recipe:
         variant: Backbone variant arguments, e.g. ``{"alpha": 0.35}``.
         weights: ``"imagenet"`` or a path to an ``.h5`` file.
         image_size: Square input side. Defaults to the backbone's default.
-        task: ``"multiclass"`` or ``"binary"``; ``None`` picks from the
-            number of classes (2 → binary).
+        task: ``"multiclass"``, ``"binary"``, ``"multilabel"`` or
+            ``"regression"`` (the last two need ``labels``); ``None`` picks
+            from the number of classes (2 → binary).
         epochs: Stage 1 (head only, backbone frozen) epochs.
         learning_rate: Stage 1 learning rate (Adam); ``"auto"`` runs the LR
             finder on the head first (:mod:`transferkit.finder`).
@@ -616,6 +619,13 @@ class Recipe:
             read them batch by batch (:mod:`transferkit.records`); ``False``
             streams only when the decoded images would exceed
             ``$TRANSFERKIT_MAX_DECODED_GB``.
+        labels: A label table (CSV: a header, then one row per image: its
+            path relative to ``data``, then its labels; see
+            :mod:`transferkit.labels`) instead of class folders.
+        label_columns: The table's label columns to use, by name; ``None``
+            uses every column after the path.
+        label_delimiter: Separator of several names in one multilabel cell;
+            ``None`` finds it (``|``, ``;`` or spaces).
     """
 
     data: str | None = None
@@ -664,9 +674,13 @@ class Recipe:
     max_per_class: int | None = None
     stream: bool = False
     distribute: str = "auto"
+    labels: str | None = None
+    label_columns: tuple[str, ...] | None = None
+    label_delimiter: str | None = None
 
     def __post_init__(self):
         _plain_numbers(self)
+        self._check_labels()
         if self.max_per_class is not None:
             check_number("max_per_class", self.max_per_class, low=2, integer=True)
         if self.discriminative_span is not None:
@@ -726,11 +740,45 @@ class Recipe:
                               f"got {self.augment!r}.")
         if self.hub_range is not None and self.hub_range not in HUB_RANGES:
             raise RecipeError(f"hub_range must be one of {', '.join(HUB_RANGES)}, got {self.hub_range!r}.")
-        if self.task is not None and self.task not in ("multiclass", "binary"):
-            raise RecipeError(
-                f"task for an image folder must be multiclass or binary, got {self.task!r} "
-                f"(the Python API's build_model takes any of {TASKS})."
-            )
+        if self.task is not None and self.task not in TASKS:
+            raise RecipeError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}.")
+        if self.task in NON_CLASS_TASKS and not self.labels:
+            raise RecipeError(f"task {self.task} needs labels from a table: give --labels FILE.csv (a header, then "
+                              "one row per image: its path relative to the data folder, then its labels). Class "
+                              "folders hold one class per image (multiclass or binary).")
+
+    def _check_labels(self) -> None:
+        """The label table's settings, and what a task without one class per image cannot use."""
+        check_text("labels", self.labels)
+        if self.label_delimiter is not None and (not isinstance(self.label_delimiter, str) or not self.label_delimiter):
+            raise RecipeError(f"label_delimiter must be a non-empty string (leave it out to split on |, ; or "
+                              f"spaces), got {self.label_delimiter!r}.")
+        if self.label_columns is not None:
+            columns = [self.label_columns] if isinstance(self.label_columns, str) else self.label_columns
+            if not isinstance(columns, (list, tuple)) or not columns or not all(
+                    isinstance(c, str) and c for c in columns):
+                raise RecipeError(f"label_columns must be a list of column names, got {self.label_columns!r}.")
+            object.__setattr__(self, "label_columns", tuple(columns))
+        if not self.labels:
+            given = [name for name in ("label_columns", "label_delimiter") if getattr(self, name) is not None]
+            if given:
+                raise RecipeError(f"{', '.join(given)} read(s) a label table: give labels (--labels FILE.csv) too, "
+                                  "or leave it out.")
+            return
+        for name, why in (("val_dir", "the validation share is split from the table (val_split); put every row "
+                                      "in one table"),
+                          ("max_per_class", "it samples class folders; trim the table instead")):
+            if getattr(self, name) is not None:
+                raise RecipeError(f"{name} does not combine with labels: {why}.")
+        if self.task in NON_CLASS_TASKS:
+            used = [name for name in ("class_weight", "tta", "snapshots", "target_accuracy")
+                    if getattr(self, name) not in (None, False)]
+            if getattr(self.tune, "objective", None) == "val_accuracy":
+                raise RecipeError(f"task {self.task} has no accuracy to tune for: give --objective val_loss "
+                                  "(tune: objective: val_loss).")
+            if used:
+                raise RecipeError(f"{', '.join(used)} score(s) one class per image (accuracy, class counts); "
+                                  f"task {self.task} has none. Leave {'it' if len(used) == 1 else 'them'} out.")
 
     def _check_snapshots(self) -> None:
         if self.snapshots is None:
@@ -868,6 +916,7 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     out["variant"] = dict(recipe.variant)
     out["head"]["dense"] = list(recipe.head.dense)
     out["prune"] = recipe.prune.to_dict() if recipe.prune is not None else None
+    out["label_columns"] = list(recipe.label_columns) if recipe.label_columns is not None else None
     for key in _SCHEDULES:
         out[key] = {**out[key], "boundaries": list(out[key]["boundaries"]), "values": list(out[key]["values"])}
     return out

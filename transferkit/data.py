@@ -22,8 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transferkit.config import AUGMENT_PRESETS, AugmentConfig, augment_config
-from transferkit.errors import DataError
+from transferkit.config import AUGMENT_PRESETS, AugmentConfig, Recipe, augment_config
+from transferkit.errors import DataError, RecipeError
+from transferkit.labels import LabelTable, random_split, read_labels
 from transferkit.records import Records, decoded_records, on_disk
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "stratified_split",
     "class_weights",
     "load_image_folder",
+    "load_label_table",
+    "load_recipe_data",
     "make_dataset",
     "decoded_bytes",
     "decode_files",
@@ -91,14 +94,19 @@ class ImageSet:
         x_train: ``uint8`` array ``(n, size, size, 3)`` of RGB pixels, in
             memory, or :class:`~transferkit.records.Records` on disk when the
             data is streamed.
-        y_train: Integer labels ``(n,)``.
+        y_train: Integer labels ``(n,)``; for a label table's ``multilabel``
+            or ``regression`` task, ``float32 (n, k)`` targets (0/1 per
+            label, or values).
         x_val: Validation images, same layout.
         y_val: Validation labels.
-        class_names: Class of each label index.
+        class_names: Class of each label index (multilabel: each label;
+            regression: each target).
         skipped: ``(path, reason)`` for every file that failed to decode.
         image_size: Side of the square images.
         validation: How the validation set was made (``"folder ..."`` or
             ``"split 0.2 seed 0"``).
+        task: The task the labels were read for (a label table), or
+            ``None``: one class per image, from class folders.
     """
 
     x_train: np.ndarray
@@ -109,6 +117,7 @@ class ImageSet:
     image_size: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
     validation: str = ""
+    task: str | None = None
 
     @property
     def storage(self) -> str:
@@ -119,13 +128,42 @@ class ImageSet:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes."""
+        """Number of classes (multilabel: labels; regression: targets): the model's outputs."""
         return len(self.class_names)
 
+    @property
+    def one_class_each(self) -> bool:
+        """Whether every image has exactly one class (multiclass or binary labels)."""
+        return self.task in (None, "multiclass", "binary")
+
+    def task_for(self, requested: str | None) -> str:
+        """The task a run on these labels has: ``requested``, else theirs (two classes: binary).
+
+        Raises:
+            RecipeError: When the labels cannot serve ``requested`` (class
+                folders for ``multilabel``, a regression table for ``binary`` ...).
+        """
+        if self.one_class_each:
+            task = requested or ("binary" if self.num_classes == 2 else "multiclass")
+            if task in ("multiclass", "binary"):
+                return task
+        elif requested in (None, self.task):
+            return self.task
+        raise RecipeError(f"task {requested} does not fit the data's labels ({self.task or 'one class per image'}): "
+                          f"read them for it with --labels FILE.csv --task {requested}.")
+
     def counts(self, split: str = "train") -> dict[str, int]:
-        """Images per class in ``"train"`` or ``"val"``."""
+        """Images per class in ``"train"`` or ``"val"``.
+
+        Multilabel: images with each label; regression: every image, per target.
+        """
         labels = self.y_train if split == "train" else self.y_val
-        counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes)
+        if self.task == "multilabel":
+            counts = np.asarray(labels).sum(axis=0).astype(np.int64)
+        elif self.task == "regression":
+            counts = np.full(self.num_classes, len(labels), dtype=np.int64)
+        else:
+            counts = np.bincount(labels.astype(np.int64), minlength=self.num_classes)
         return dict(zip(self.class_names, counts.tolist()))
 
 
@@ -429,6 +467,66 @@ def load_image_folder(
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     return ImageSet(_rows(images, train_idx), labels[train_idx], _rows(images, val_idx), labels[val_idx],
                     scan.class_names, image_size, skipped, f"split {val_split} seed {seed}")
+
+
+def load_recipe_data(recipe: Recipe, folder: str | os.PathLike, image_size: int) -> tuple[ImageSet, tuple[str, ...]]:
+    """The data a recipe names: class folders, or its label table (``recipe.labels``) over ``folder``.
+
+    Args:
+        recipe: ``labels``, ``task``, ``label_columns``, ``label_delimiter``,
+            ``val_dir``, ``val_split``, ``seed``, ``max_per_class``, ``stream``.
+        folder: The training folder (the table's paths are relative to it).
+        image_size: Side in pixels every image is resized to.
+
+    Returns:
+        ``(images, every training file read)``.
+
+    Raises:
+        DataError: For missing or malformed data or labels.
+    """
+    if not recipe.labels:
+        images = load_image_folder(folder, image_size=image_size, val_dir=recipe.val_dir, val_split=recipe.val_split,
+                                   seed=recipe.seed, max_per_class=recipe.max_per_class, stream=recipe.stream)
+        return images, scan_folder(folder).files
+    if not Path(folder).is_dir():
+        raise DataError(f"Data folder {str(folder)!r} does not exist; the paths of {recipe.labels!r} are relative "
+                        "to it.")
+    table = read_labels(recipe.labels, folder, recipe.task or "multiclass", columns=recipe.label_columns,
+                        delimiter=recipe.label_delimiter)
+    images = load_label_table(table, image_size=image_size, val_split=recipe.val_split, seed=recipe.seed,
+                              stream=recipe.stream)
+    return images, table.files
+
+
+def load_label_table(table: LabelTable, *, image_size: int, val_split: float = 0.2, seed: int = 0,
+                     stream: bool = False) -> ImageSet:
+    """Decode the images of a label table (:func:`transferkit.labels.read_labels`) into an :class:`ImageSet`.
+
+    Args:
+        table: The checked table.
+        image_size: Side in pixels every image is resized to.
+        val_split: Share held out for validation: stratified by class for
+            ``multiclass``/``binary``, a seeded random share otherwise.
+        seed: Seed of the split.
+        stream: As :func:`load_image_folder` has it.
+
+    Returns:
+        The decoded images; ``task`` is the table's, rows whose image failed
+        to decode are dropped (and listed in ``skipped``).
+
+    Raises:
+        DataError: When a class loses every image, or too few images decode
+            for a split.
+    """
+    images, kept, skipped = _decoder(stream, len(table.files), image_size)(table.files, image_size)
+    targets = table.targets[kept]
+    if table.task in ("multiclass", "binary"):
+        _check_classes_survive(targets, table.names, skipped)
+        train_idx, val_idx = stratified_split(targets, val_split, seed)
+    else:
+        train_idx, val_idx = random_split(len(targets), val_split, seed)
+    return ImageSet(_rows(images, train_idx), targets[train_idx], _rows(images, val_idx), targets[val_idx],
+                    table.names, image_size, skipped, f"split {val_split} seed {seed}", table.task)
 
 
 def decode_files(files: Sequence[str], size: int, *, stream: bool = False) -> tuple[Any, np.ndarray, list]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from transferkit.config import MAX_TTA, check_number
+from transferkit.config import MAX_TTA, NON_CLASS_TASKS, check_number
 from transferkit.data import decode_files, scan_folder
 from transferkit.ensemble import predict_views
 from transferkit.errors import DataError, ModelDirError
@@ -54,6 +54,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
     check_number("tta", tta, low=1, high=MAX_TTA, integer=True)
     check_number("top_k", top_k, low=1, integer=True)
     folder = check_folder(output if output is not None else run_dir)  # before any work
+    task = _task_of(run_dir)
+    if task in NON_CLASS_TASKS:
+        raise ModelDirError(f"{str(run_dir)!r} is a {task} run: evaluate scores class folders, and scoring a test "
+                            "table is not built yet. Its validation scores are in metrics.json "
+                            "(validation_scores); `transferkit predict` gives its outputs for any image.")
     scan = scan_folder(data)
     started = time.perf_counter()
     model, metrics = load_run(run_dir, allow_saved_model=allow_saved_model)
@@ -83,3 +88,11 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
     atomic_write(folder / "evaluation.json", json.dumps(result, indent=2))
     report_quietly(run_dir, evaluation=folder / "evaluation.json", output=folder)
     return result
+
+
+def _task_of(run_dir: str | os.PathLike) -> str | None:
+    """The run's task from its ``metrics.json``, read before any model loads; ``None`` if unreadable (``load_run`` says why)."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from transferkit.backbones import check_image_size
 from transferkit.config import Recipe
-from transferkit.data import ImageSet, load_image_folder, scan_folder
+from transferkit.data import ImageSet, load_recipe_data
 from transferkit.distribute import check_distribute, make_distribution
 from transferkit.errors import RecipeError
 from transferkit.heads import task_spec
@@ -38,7 +38,7 @@ from transferkit.runs import (HubExport, RunRecord, check_output, check_writable
 from transferkit.ensemble import snapshot_ensemble
 from transferkit.finder import auto_rates, found_rates
 from transferkit.report import TOP_LOSSES_FILE, report_quietly
-from transferkit.training import (Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan,
+from transferkit.training import (Checkpoint, diagnose_run, model_head, run_hub_plan, run_plan, score_targets,
                                   score_validation, technique_records, tensorboard_logs)
 from transferkit.weights import WeightsSource
 
@@ -155,14 +155,14 @@ def prepare(data: str | os.PathLike | ImageSet | None = None, *, recipe: Recipe 
         if folder is None:
             raise RecipeError("No training data. Give a folder with one sub-folder of images per class "
                               "(transferkit finetune DATA_DIR), data: in the recipe, or --demo.")
-        recipe = recipe.replace(data=str(Path(folder).expanduser().resolve()),
-                                val_dir=str(Path(recipe.val_dir).expanduser().resolve()) if recipe.val_dir else None)
-        images = load_image_folder(folder, image_size=size, val_dir=recipe.val_dir, val_split=recipe.val_split,
-                                   seed=recipe.seed, max_per_class=recipe.max_per_class, stream=recipe.stream)
-        resolution = folder_resolution(scan_folder(folder).files, seed=recipe.seed)
+        recipe = recipe.replace(**{name: str(Path(getattr(recipe, name)).expanduser().resolve())
+                                   for name in ("val_dir", "labels") if getattr(recipe, name)},
+                                data=str(Path(folder).expanduser().resolve()))
+        images, files = load_recipe_data(recipe, folder, size)
+        resolution = folder_resolution(files, seed=recipe.seed)
     if images.image_size != size:
         raise RecipeError(f"ImageSet holds {images.image_size} px images but the recipe asks for {size} px.")
-    task = recipe.task or ("binary" if images.num_classes == 2 else "multiclass")
+    task = images.task_for(recipe.task)
     build = dict(num_outputs=images.num_classes, image_size=size, task=task, head=recipe.head,
                  weights=recipe.weights, allow_download=recipe.allow_download, **dict(recipe.variant))
     return Prepared(recipe, spec, images, resolution, build)
@@ -282,11 +282,12 @@ def _assess(scored: Any, prep: Prepared, record: RunRecord) -> dict[str, bytes]:
     ``scored`` is the final model with raw pixels in (for a fine-tuned Hub
     run, the ``tf_keras`` model that is exported).
     """
-    top_losses = None
+    top_losses, batch = None, max(64, prep.recipe.batch_size)
     if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
         record.diagnosis = diagnose_run(scored, prep.images, record, prep.recipe)
-        record.validation_scores, top_losses = score_validation(scored, prep.images,
-                                                                batch_size=max(64, prep.recipe.batch_size))
+        record.validation_scores, top_losses = score_validation(scored, prep.images, batch_size=batch)
+    elif not prep.images.one_class_each:
+        score_targets(record, scored, prep.images, batch_size=batch)
     technique_records(record, scored, prep.images, prep.recipe)
     return {TOP_LOSSES_FILE: top_losses} if top_losses else {}
 

@@ -107,7 +107,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
     @property
     def task(self) -> str:
         """``"binary"`` for two classes, else ``"multiclass"`` (or the recipe's)."""
-        return self.recipe.task or ("binary" if self.images.num_classes == 2 else "multiclass")
+        return self.images.task_for(self.recipe.task)
 
     @property
     def inputs(self) -> PlanInputs:

@@ -52,7 +52,11 @@ def profile_data(images: ImageSet, resolution: tuple[int, int] | None = None) ->
     Returns:
         The :class:`~transferkit.planner.DataProfile`.
     """
-    return DataProfile.from_counts(list(images.counts("train").values()), resolution)
+    counts = list(images.counts("train").values())
+    if images.task == "regression":  # no classes: every image counts once
+        counts = counts[:1]
+    kind = {"multilabel": "label", "regression": "target"}.get(images.task, "class")
+    return DataProfile.from_counts(counts, resolution, images=len(images.y_train), kind=kind)
 
 
 def folder_resolution(files: Sequence[str], sample: int = 200, seed: int = 0) -> tuple[int, int] | None:
@@ -281,7 +285,9 @@ def measure_similarity(transfer, images: ImageSet, *, sample: int = DEFAULT_SAMP
         sample: Images to measure.
         seed: Seed of the sample and of the probe's folds.
         probe: Also fit a cross-validated linear probe on every group's output
-            (5 stratified folds, fewer when a class has fewer images).
+            (5 stratified folds, fewer when a class has fewer images); only
+            for one class per image (multilabel and regression data are
+            measured without it).
         batch_size: Forward-pass batch size.
         upsampling: How much the images were upsampled to the input size;
             at 2 or more the shift is measured again on the same images
@@ -308,7 +314,7 @@ def measure_similarity(transfer, images: ImageSet, *, sample: int = DEFAULT_SAMP
         outputs.append(ops.mean(tensor, axis=axes) if axes else tensor)
         outputs.append(ops.mean(ops.square(tensor), axis=axes) if axes else ops.square(tensor))
     probed = []
-    if probe:
+    if probe and images.one_class_each:
         for group in transfer.groups:
             if not group.is_single_cut:
                 continue
@@ -319,7 +325,7 @@ def measure_similarity(transfer, images: ImageSet, *, sample: int = DEFAULT_SAMP
                 continue
             probed.append(group.name)
             outputs.append(tensor)
-    index = _sample(images.y_train, sample, seed)
+    index = _sample(images.y_train if images.one_class_each else np.zeros(len(images.y_train)), sample, seed)
     if not outputs:
         return Similarity(score=0.0, method="not measurable: the backbone has no BatchNorm layers",
                           sample=len(index))
@@ -329,7 +335,8 @@ def measure_similarity(transfer, images: ImageSet, *, sample: int = DEFAULT_SAMP
     if not isinstance(results, list):
         results = [results]
     shifts = _shifts(results, norms)
-    accuracies, folds = _probe(probed, results[2 * len(norms):], images.y_train[index], seed)
+    accuracies, folds = (_probe(probed, results[2 * len(norms):], images.y_train[index], seed) if probed
+                         else ({}, {}))
     if not shifts:
         log.info("Similarity measured on %d images in %.1fs", len(index), time.perf_counter() - start)
         return Similarity(score=0.0, method="not measurable: the backbone has no BatchNorm layers; "

@@ -119,6 +119,7 @@ __all__ = [
     "override_plan",
     "fixed_plan",
     "SMALL_PER_CLASS",
+    "SMALL_REGRESSION",
     "PARAMS_PER_IMAGE",
     "SHIFT_SMALL",
     "CUT_MARGIN_SE",
@@ -132,6 +133,10 @@ __all__ = [
 
 #: Below this many training images per class (median) the data is small.
 SMALL_PER_CLASS = 30
+#: Regression has no classes: below this many training images it is small,
+#: as if its targets' range held ten classes of ``SMALL_PER_CLASS``. A rule
+#: of thumb carried over from classification, not measured on regression.
+SMALL_REGRESSION = 10 * SMALL_PER_CLASS
 #: Trainable backbone parameters one training image can pay for.
 PARAMS_PER_IMAGE = 10_000
 #: Activation shift (Cohen's d) at which similarity is 0.5: "small".
@@ -191,6 +196,9 @@ class DataProfile:
         per_class_median: Median training images per class.
         imbalance: Largest class over smallest class.
         resolution: Median original ``(height, width)``, when known.
+        kind: What the counts count: ``"class"`` (one class per image),
+            ``"label"`` (multilabel: images with each label) or ``"target"``
+            (regression: every image, once).
     """
 
     images: int
@@ -199,14 +207,19 @@ class DataProfile:
     per_class_median: float
     imbalance: float
     resolution: tuple[int, int] | None = None
+    kind: str = "class"
 
     @classmethod
-    def from_counts(cls, counts: Sequence[int], resolution: tuple[int, int] | None = None) -> "DataProfile":
+    def from_counts(cls, counts: Sequence[int], resolution: tuple[int, int] | None = None, *,
+                    images: int | None = None, kind: str = "class") -> "DataProfile":
         """Profile from images per class.
 
         Args:
-            counts: Training images of each class.
+            counts: Training images of each class (multilabel: images with
+                each label, so that they may sum to more than the images).
             resolution: Median original image size, if measured.
+            images: Training images; ``None`` is ``sum(counts)``.
+            kind: What the counts count (see the attribute).
 
         Returns:
             The profile.
@@ -222,12 +235,13 @@ class DataProfile:
         median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
         smallest = ordered[0]
         return cls(
-            images=sum(counts),
+            images=sum(counts) if images is None else int(images),
             classes=len(counts),
             per_class_min=smallest,
             per_class_median=float(median),
             imbalance=round(ordered[-1] / smallest, 2) if smallest else math.inf,
             resolution=resolution,
+            kind=kind,
         )
 
 
@@ -424,15 +438,20 @@ def size_verdict(profile: DataProfile, top_group_params: int) -> tuple[bool, str
     """
     budget = PARAMS_PER_IMAGE * profile.images
     per_class = f"{profile.per_class_median:g}"
-    head = f"{profile.images:,} training images, median {per_class} per class"
-    if profile.per_class_median < SMALL_PER_CLASS:
+    head = (f"{profile.images:,} training images" if profile.kind == "target" else
+            f"{profile.images:,} training images, median {per_class} per {profile.kind}")
+    if profile.kind == "target" and profile.images < SMALL_REGRESSION:
+        return True, (f"{head}: small (regression: under {SMALL_REGRESSION}, as if the targets' range held ten "
+                      f"classes of {SMALL_PER_CLASS}; a rule carried over from classification, not measured).")
+    if profile.kind != "target" and profile.per_class_median < SMALL_PER_CLASS:
         return True, (f"{head}: small (under {SMALL_PER_CLASS} per class one image moves a class's accuracy by "
                       f"points, so each decision below states its evidence and noise).")
     if top_group_params > budget:
         return True, (f"{head}: small for this backbone (its top group alone has "
                       f"{top_group_params:,} parameters, more than the {budget:,} that "
                       f"{PARAMS_PER_IMAGE:,} per image allow).")
-    return False, f"{head}: large enough to fine-tune (at least {SMALL_PER_CLASS} per class)."
+    enough = f"at least {SMALL_REGRESSION}" if profile.kind == "target" else f"at least {SMALL_PER_CLASS} per class"
+    return False, f"{head}: large enough to fine-tune ({enough})."
 
 
 def similarity_from_shift(shift: float) -> float:
@@ -760,7 +779,11 @@ def _similarity_reason(similarity: Similarity) -> str:
 def _data_notes(profile: DataProfile, image_size: int | None) -> list[str]:
     """Notes on class imbalance and resampling, when they apply."""
     notes = []
-    if profile.imbalance >= IMBALANCED_AT:
+    if profile.imbalance >= IMBALANCED_AT and profile.kind == "label":
+        notes.append(f"Labels are imbalanced (most/least frequent {profile.imbalance:g}, rarest on "
+                     f"{profile.per_class_min} training images): read the per-label F1 and average precision, "
+                     "not only the micro F1.")
+    elif profile.imbalance >= IMBALANCED_AT and profile.kind == "class":
         notes.append(f"Classes are imbalanced (largest/smallest {profile.imbalance:g}, smallest "
                      f"{profile.per_class_min}): consider class_weight (--class-weight).")
     if profile.resolution and image_size:

@@ -1,4 +1,4 @@
-"""Classify images with a model saved by ``transferkit finetune``."""
+"""Predict with a model saved by ``transferkit finetune``: classes, labels or values, as the run's task has them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from transferkit.data import decode_image
-from transferkit.config import MAX_TTA, check_number
+from transferkit.config import MAX_TTA, NON_CLASS_TASKS, check_number
 from transferkit.ensemble import predict_views
 from transferkit.errors import DataError, RecipeError
 from transferkit.runs import load_run
@@ -20,23 +20,31 @@ __all__ = ["Prediction", "load_run", "predict"]
 
 @dataclass(frozen=True)
 class Prediction:
-    """Top classes of one image.
+    """What a run's model says about one image.
 
     Attributes:
         path: The image.
-        top: ``(class name, probability)`` pairs, most likely first; empty
-            when the image could not be read.
+        top: ``(class or label name, probability)`` pairs, most likely
+            first; empty when the image could not be read, and for regression.
         error: Why the image could not be read, or ``None``.
+        labels: Multilabel: the labels at or above their threshold
+            (``metrics.json["thresholds"]``, chosen on the validation split;
+            0.5 for a run without them), most likely first.
+        values: Regression: ``(target name, value)`` for every target.
+        task: The run's task.
     """
 
     path: str
     top: tuple[tuple[str, float], ...]
     error: str | None = None
+    labels: tuple[str, ...] = ()
+    values: tuple[tuple[str, float], ...] = ()
+    task: str = "multiclass"
 
 
 def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], top: int = 3, *,
             skip_unreadable: bool = False, allow_saved_model: bool = True, tta: int = 1) -> list[Prediction]:
-    """Top classes for each image.
+    """Top classes for each image (multilabel: also the labels called; regression: the values).
 
     Args:
         model_dir: Output folder of ``transferkit finetune``.
@@ -74,16 +82,23 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
             errors[index] = f"cannot read {str(path)!r}: {type(error).__name__}: {error}"
             if not skip_unreadable:
                 raise DataError(errors[index]) from None
-    rows = {}
+    rows, task = {}, metrics["task"]
     if decoded:
-        probabilities = class_probabilities(  # binary: one sigmoid unit is P(class 1)
-            predict_views(model, np.stack(list(decoded.values())).astype(np.float32), tta))
-        rows = dict(zip(decoded, probabilities))
+        outputs = predict_views(model, np.stack(list(decoded.values())).astype(np.float32), tta)
+        rows = dict(zip(decoded, outputs if task in NON_CLASS_TASKS else class_probabilities(outputs)))  # binary:
+    thresholds = [float((metrics.get("thresholds") or {}).get(name, 0.5)) for name in names]  # 1 sigmoid = P(1)
     results = []
     for index, path in enumerate(images):
         if index in errors:
-            results.append(Prediction(str(path), (), errors[index]))
+            results.append(Prediction(str(path), (), errors[index], task=task))
             continue
-        order = np.argsort(rows[index])[::-1][:top]
-        results.append(Prediction(str(path), tuple((names[i], float(rows[index][i])) for i in order)))
+        row = rows[index]
+        if task == "regression":
+            results.append(Prediction(str(path), (), values=tuple((n, float(v)) for n, v in zip(names, row)),
+                                      task=task))
+            continue
+        order = np.argsort(row, kind="stable")[::-1]
+        ranked = tuple((names[i], float(row[i])) for i in order)
+        called = tuple(names[i] for i in order if task == "multilabel" and row[i] >= thresholds[i])
+        results.append(Prediction(str(path), ranked[:top], labels=called, task=task))
     return results

@@ -47,7 +47,8 @@ from transferkit.model import compile_model, make_optimizer, set_seed
 from transferkit.runs import (PRUNE_KEYS, RunRecord, check_output, fingerprint, load_transfer, run_images, save_run,
                               versions)
 from transferkit.report import TOP_LOSSES_FILE, report_quietly
-from transferkit.training import Checkpoint, diagnose_run, fit_stage, logged_accuracy, score_validation, tensorboard_logs
+from transferkit.training import (Checkpoint, diagnose_run, fit_stage, logged_accuracy, score_targets, score_validation,
+                                  tensorboard_logs)
 from transferkit.weights import sha256_of
 
 __all__ = [
@@ -743,7 +744,9 @@ def _pruned_record(run_metrics: dict[str, Any], result: PruneResult, source: str
     record.versions = versions()
     # the source run's scores, diagnosis and techniques are not the pruned model's (its stages stay: its history)
     record.diagnosis = record.validation_scores = record.tta = record.ema = record.snapshots = None
-    if record.task not in ("multiclass", "binary"):
+    if record.task not in ("multiclass", "binary"):  # new thresholds: the pruned model's outputs moved
+        record.thresholds = None
+        score_targets(record, result.model, images, batch_size=max(64, recipe.batch_size))
         return record, {}
     compile_model(transfer.model, transfer.task)
     record.diagnosis = diagnose_run(result.model, images, record, recipe)

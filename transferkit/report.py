@@ -120,13 +120,42 @@ def _read_json(path: Path) -> dict[str, Any] | None:
                             "Write it again with the command that made it.") from None
 
 
+def _unit(metrics: dict[str, Any]) -> str:
+    """What the outputs are: ``class``, ``label`` (multilabel) or ``target`` (regression)."""
+    return {"multilabel": "label", "regression": "target"}.get(metrics.get("task"), "class")
+
+
+def _images(metrics: dict[str, Any], split: str) -> int:
+    """Images of a split (runs before label tables recorded only the per-class counts)."""
+    found = metrics.get(f"{split}_images")
+    return found if found is not None else sum((metrics.get(f"{split}_counts") or {}).values())
+
+
+def _target_scores(scores: dict[str, Any], title: str) -> Section:
+    """A multilabel run's F1, thresholds and average precision, or a regression run's MAE, RMSE and R²."""
+    if "per_target" in scores:
+        rows = [(name, _fmt(v["mae"]), _fmt(v["rmse"]), _fmt(v["r2"]), _fmt(v["mean"]), _fmt(v["std"]))
+                for name, v in scores["per_target"].items()]
+        return Section(title, [Block("table", headers=("target", "MAE", "RMSE", "R²", "mean", "std"), rows=rows)])
+    summary = [("micro F1 (at the per-label thresholds chosen on this split)", _fmt(scores.get("micro_f1"))),
+               ("macro F1 (the same)", _fmt(scores.get("macro_f1"))),
+               ("micro / macro F1 at 0.5", f"{_fmt(scores.get('micro_f1_at_0.5'))} / "
+                                           f"{_fmt(scores.get('macro_f1_at_0.5'))}"),
+               ("mean average precision", _fmt(scores.get("mean_average_precision")))]
+    rows = [(name, _fmt(v["threshold"]), _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]),
+             _fmt(v["average_precision"]), v["support"]) for name, v in scores["per_label"].items()]
+    return Section(title, [Block("table", headers=("", ""), rows=summary),
+                           Block("table", headers=("label", "threshold", "precision", "recall", "F1",
+                                                   "average precision", "support"), rows=rows)])
+
+
 def _summary(metrics: dict[str, Any], evaluation: dict[str, Any] | None) -> Section:
     variant = ", ".join(f"{k} {v}" for k, v in (metrics.get("variant") or {}).items())
     rows = [("backbone", f"{metrics['backbone']}{f' ({variant})' if variant else ''}"),
             ("input", f"{metrics['image_size']}×{metrics['image_size']} RGB, pixels 0–255"),
-            ("task", f"{metrics['task']}, {metrics['num_classes']} classes"),
-            ("training images", sum((metrics.get("train_counts") or {}).values())),
-            ("validation images", f"{sum((metrics.get('val_counts') or {}).values())} ({metrics.get('validation')})"),
+            ("task", f"{metrics['task']}, {metrics['num_classes']} {_unit(metrics)}s"),
+            ("training images", _images(metrics, "train")),
+            ("validation images", f"{_images(metrics, 'val')} ({metrics.get('validation')})"),
             ("validation accuracy", _fmt(metrics.get("val_accuracy"))),
             ("validation loss", _fmt(metrics.get("val_loss"))),
             ("plan", (metrics.get("plan") or {}).get("quadrant", "–")),
@@ -303,6 +332,14 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
     plan = metrics.get("plan") or {}
     task = metrics.get("task", "multiclass")
     results = [{"type": "accuracy", "value": metrics.get("val_accuracy"), "name": "validation accuracy"}]
+    scores = metrics.get("validation_scores") or {}
+    if task == "multilabel":
+        results += [{"type": "f1", "value": scores.get("micro_f1"), "name": "validation micro F1"},
+                    {"type": "map", "value": scores.get("mean_average_precision"),
+                     "name": "validation mean average precision"}]
+    elif task == "regression":
+        results += [{"type": name, "value": scores.get(name), "name": f"validation {name.upper()} (mean over targets)"}
+                    for name in ("mae", "rmse")]
     if evaluation:
         results.append({"type": "accuracy", "value": evaluation.get("accuracy"), "name": "test accuracy"})
     results = [r for r in results if r["value"] is not None]
@@ -329,14 +366,10 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
              f"- Training plan: {plan.get('quadrant', '–')}; {len(plan.get('fine_tuned') or [])} groups fine-tuned, "
              f"{len(plan.get('frozen') or [])} frozen, {len(plan.get('dropped') or [])} dropped. Seed {metrics.get('seed')}.",
              "", "## Intended uses and limitations", "",
-             f"Classifies images into the {metrics['num_classes']} classes below, for images like the training "
-             "data. It was validated only on held-out images of the same source: expect lower accuracy on images "
-             "from other cameras, resolutions or populations, and on anything outside these classes (it always "
-             "answers one of them). Check the per-class metrics and the most confidently wrong images in "
-             "`report.html` before relying on it, and measure it on your own test set (`transferkit evaluate`).",
+             _intended(metrics),
              "", "## Training data", "",
-             f"From `{recipe.get('data', '–')}`: {sum(counts.values())} training images, validation "
-             f"{metrics.get('validation')}.", "", "| class | training images |", "|---|---|",
+             f"From `{recipe.get('data', '–')}`{_table(recipe)}: {_images(metrics, 'train')} training images, validation "
+             f"{metrics.get('validation')}.", "", f"| {_unit(metrics)} | training images |", "|---|---|",
              *[md_row((name, count)) for name, count in counts.items()], "",
              "## Evaluation", "", "| metric | value |", "|---|---|",
              *[md_row((r["name"], _fmt(r["value"]))) for r in results]]
@@ -345,6 +378,26 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
         lines.append(f"| test expected calibration error | {_fmt(evaluation.get('ece'))} |")
     lines += ["", "## Framework versions", "", *[f"- {k} {v}" for k, v in versions.items()], ""]
     return "\n".join(lines)
+
+
+def _table(recipe: dict[str, Any]) -> str:
+    return f" with the labels of `{recipe['labels']}`" if recipe.get("labels") else ""
+
+
+def _intended(metrics: dict[str, Any]) -> str:
+    """The card's intended-use paragraph, as the task has it."""
+    task, n = metrics.get("task", "multiclass"), metrics["num_classes"]
+    what = {"multilabel": f"Tags images with any of the {n} labels below (each called at its own threshold, "
+                          "chosen on the validation split)",
+            "regression": f"Predicts the {n} value(s) below from an image"}.get(
+        task, f"Classifies images into the {n} classes below")
+    answers = {"multilabel": "its thresholds were chosen on few images and may not carry over",
+               "regression": "it always answers a number, even for images unlike any it saw"}.get(
+        task, "it always answers one of them")
+    return (f"{what}, for images like the training data. It was validated only on held-out images of the same "
+            f"source: expect worse results on images from other cameras, resolutions or populations ({answers}). "
+            "Check the validation scores in `report.html` before relying on it, and measure it on your own test "
+            "set.")
 
 
 def _tune_sections(folder: Path, summary: dict[str, Any], figures: _Figures) -> list[Section]:
@@ -495,8 +548,11 @@ def _run_sections(folder: Path, metrics: dict[str, Any], evaluation: dict[str, A
     size = int(metrics["image_size"])
     if evaluation:
         sections.append(_scores(folder, evaluation, "test", f"Test set: {evaluation.get('data')}", size, figures))
-    if metrics.get("validation_scores"):
-        sections.append(_scores(folder, metrics["validation_scores"], "validation", "Validation split", size, figures))
+    scores = metrics.get("validation_scores")
+    if scores and metrics.get("task") in ("multilabel", "regression"):
+        sections.append(_target_scores(scores, "Validation split"))
+    elif scores:
+        sections.append(_scores(folder, scores, "validation", "Validation split", size, figures))
     return sections + _extras(metrics, figures)
 
 

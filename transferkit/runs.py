@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transferkit.config import UNIT_METHODS, Recipe, load_recipe, recipe_to_dict
-from transferkit.data import ImageSet, load_image_folder
+from transferkit.data import ImageSet, load_recipe_data
 from transferkit.records import Records
 from transferkit.errors import DataError, ModelDirError, RecipeError, RunExistsError
 from transferkit.hub import export_saved_model, load_saved_model
@@ -59,8 +59,11 @@ class RunRecord:
         val_accuracy: Final validation accuracy (after pruning, for pruned runs).
         val_loss: Final validation loss.
         variant: Backbone variant arguments.
-        train_counts: Training images per class.
-        val_counts: Validation images per class.
+        train_counts: Training images per class (multilabel: per label;
+            regression: every image, per target).
+        val_counts: Validation images per class, the same way.
+        train_images: Training images.
+        val_images: Validation images.
         validation: Where validation came from (``split 0.2`` or a folder).
         storage: Where the decoded images were: ``memory``, or ``disk: <the
             image cache's folder>`` for a streamed run.
@@ -96,7 +99,12 @@ class RunRecord:
             and ``val_accuracy_plain`` without.
         validation_scores: The final model's classification scores on the
             validation split (:func:`~transferkit.scores.classification_scores`:
-            per class, confusion, calibration, the most confidently wrong images).
+            per class, confusion, calibration, the most confidently wrong
+            images); for multilabel and regression runs,
+            :func:`~transferkit.scores.multilabel_scores` or
+            :func:`~transferkit.scores.regression_scores`.
+        thresholds: A multilabel run's threshold per label, chosen on the
+            validation split (``predict`` calls a label at or above it).
     """
 
     backbone: str
@@ -109,6 +117,8 @@ class RunRecord:
     variant: dict[str, Any] = field(default_factory=dict)
     train_counts: dict[str, int] = field(default_factory=dict)
     val_counts: dict[str, int] = field(default_factory=dict)
+    train_images: int | None = None
+    val_images: int | None = None
     validation: str | None = None
     storage: str = "memory"
     distribute: str = "none"
@@ -136,9 +146,10 @@ class RunRecord:
     snapshots: dict[str, Any] | None = None
     tta: dict[str, Any] | None = None
     validation_scores: dict[str, Any] | None = None
+    thresholds: dict[str, float] | None = None
 
     _OPTIONAL = ("hub", "saved_model", "model_type", "diagnosis", "pruning", "source_run", "lr_find", "ema",
-                 "snapshots", "tta", "validation_scores")
+                 "snapshots", "tta", "validation_scores", "thresholds")
 
     def to_dict(self) -> dict[str, Any]:
         """``metrics.json``'s content: the fields, absent optional sections left out, pruning flattened."""
@@ -173,6 +184,8 @@ def data_metrics(images: ImageSet) -> dict[str, Any]:
         "class_names": list(images.class_names),
         "train_counts": images.counts("train"),
         "val_counts": images.counts("val"),
+        "train_images": len(images.y_train),
+        "val_images": len(images.y_val),
         "validation": images.validation,
         "storage": images.storage,
         "skipped_images": len(images.skipped),
@@ -692,6 +705,9 @@ def fingerprint(recipe: Recipe, images: ImageSet) -> str:
         settings.pop("max_per_class", None)
     settings.pop("stream", None)
     settings.pop("distribute", None)
+    for name in ("labels", "label_columns", "label_delimiter"):  # absent from runs before label tables
+        if settings.get(name) is None:
+            settings.pop(name, None)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for array in (images.x_train, images.y_train, images.x_val, images.y_val):
         if isinstance(array, Records):  # streamed: the cache key (files, sizes, mtimes) and the rows
@@ -719,8 +735,7 @@ def run_images(recipe: Recipe, folder: str | os.PathLike, image_size: int, class
     Raises:
         DataError: When the folder's classes are not the run's.
     """
-    images = load_image_folder(folder, image_size=image_size, val_dir=recipe.val_dir, val_split=recipe.val_split,
-                               seed=recipe.seed, max_per_class=recipe.max_per_class, stream=recipe.stream)
+    images, _ = load_recipe_data(recipe, folder, image_size)
     if list(images.class_names) != list(class_names):
         raise DataError(f"The data in {str(folder)!r} has classes {list(images.class_names)[:5]}..., the run was "
                         f"trained on {list(class_names)[:5]}...: {purpose} on them would relabel the model. "

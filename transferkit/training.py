@@ -520,6 +520,33 @@ def score_validation(model: Any, images: ImageSet, *, batch_size: int,
     return scores, buffer.getvalue()
 
 
+def score_targets(record: Any, model: Any, images: ImageSet, *, batch_size: int) -> None:
+    """Score a multilabel or regression run on its validation split: ``validation_scores`` and ``thresholds``.
+
+    Multilabel: F1 at per-label thresholds chosen on this split (saved in
+    ``record.thresholds`` for ``predict``), at 0.5 too, and mean average
+    precision (:func:`~transferkit.scores.multilabel_scores`); regression:
+    MAE, RMSE, R² (:func:`~transferkit.scores.regression_scores`).
+
+    Args:
+        record: The :class:`~transferkit.runs.RunRecord` to fill.
+        model: The final model (raw pixels in).
+        images: The run's data; its ``task`` picks the scores.
+        batch_size: Prediction batch size.
+    """
+    from transferkit.ensemble import predict_views
+    from transferkit.scores import multilabel_scores, regression_scores
+
+    if not len(images.y_val):
+        return
+    outputs = predict_views(model, images.x_val, 1, batch_size=batch_size)
+    if images.task == "multilabel":
+        record.validation_scores = multilabel_scores(outputs, images.y_val, images.class_names)
+        record.thresholds = record.validation_scores["thresholds"]
+    else:
+        record.validation_scores = regression_scores(outputs, images.y_val, images.class_names)
+
+
 def diagnose_run(model: Any, images: ImageSet, record: Any, recipe: Recipe) -> dict[str, Any] | None:
     """The bias/variance diagnosis of a trained classifier (``metrics.json["diagnosis"]``).
 
@@ -656,7 +683,7 @@ def stage_model(transfer: TransferModel, data: ImageSet, recipe: Recipe, cut: st
         from transferkit.data import augmented_views
 
         x_train = augmented_views(data.x_train, augment, views, seed=recipe.seed)
-        y_train = np.tile(data.y_train, views)
+        y_train = np.tile(data.y_train, (views,) + (1,) * (data.y_train.ndim - 1))  # rows, also of 2-D targets
     x_train, x_val, state, seconds = cache_features(lower, x_train, data.x_val, max(64, recipe.batch_size))
     if viewed:
         state += f" ({views} views per training image: the image and {views - 1} augmented copies)"
@@ -734,7 +761,7 @@ def _raw_accuracy(model: Any, raw: list, val: Any) -> float | None:
 
 def logged_accuracy(result: dict) -> float | None:
     """The accuracy in Keras's ``evaluate(return_dict=True)``, rounded; ``None`` for a task without one."""
-    accuracy = result.get("accuracy", result.get("binary_accuracy"))
+    accuracy = result.get("accuracy")  # multilabel logs binary_accuracy: per label, not per image
     return None if accuracy is None else round(float(accuracy), 4)
 
 

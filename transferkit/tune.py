@@ -179,8 +179,8 @@ def tune(data: str | os.PathLike | None = None, *, recipe: Recipe | None = None,
     if config.space not in SPACE_PRESETS:
         config = replace(config, space=str(Path(config.space).expanduser().resolve()))
     recipe = replace(recipe, tune=config)
-    if recipe.val_dir is not None:
-        recipe = recipe.replace(val_dir=str(Path(recipe.val_dir).expanduser().resolve()))
+    recipe = recipe.replace(**{name: str(Path(getattr(recipe, name)).expanduser().resolve())
+                               for name in ("val_dir", "labels") if getattr(recipe, name)})
     _check_inputs(recipe, registry)
     if config.max_epochs is not None:
         recipe = recipe.replace(epochs=min(recipe.epochs, config.max_epochs),

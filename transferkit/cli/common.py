@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 
-from transferkit.config import DEMO_RECIPE, Recipe, load_recipe
+from transferkit.config import DEMO_RECIPE, TASKS, Recipe, load_recipe
 from transferkit.errors import RecipeError
 from transferkit.registry import is_hub
 
@@ -50,7 +50,8 @@ def add_command(commands, name: str, *, help: str, description: str, examples: s
 
 def add_data_options(command: argparse.ArgumentParser) -> None:
     """Options shared by ``finetune`` and ``plan``: data, backbone and planner settings."""
-    command.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class")
+    command.add_argument("data", nargs="?", help="training folder: one sub-folder of images per class, or the "
+                         "folder a --labels table's paths are relative to")
     command.add_argument("--demo", action="store_true",
                          help="built-in default: MobileNetV2 alpha 0.35, 96 px, sign-language digits")
     command.add_argument("--recipe", help="YAML recipe; its keys are these flags' names (flags win)")
@@ -66,6 +67,16 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
     validation.add_argument("--val-split", type=float, help="share held out for validation (default 0.2)")
     command.add_argument("--max-per-class", type=int, metavar="N",
                          help="read at most N images of each class (a seeded sample, before the validation split)")
+    table = command.add_argument_group("labels from a table (instead of class folders)")
+    table.add_argument("--labels", metavar="FILE.csv",
+                       help="CSV: a header, then one row per image: its path relative to DATA, then its labels")
+    table.add_argument("--task", choices=list(TASKS),
+                       help="what the labels are (default: multiclass, binary for 2 classes); multilabel and "
+                            "regression need --labels")
+    table.add_argument("--label-columns", type=column_names, metavar="A,B",
+                       help="the table's label columns to use (default: every column after the path)")
+    table.add_argument("--label-delimiter", metavar="D",
+                       help="separator of several names in one multilabel cell (default: |, ; or spaces)")
     command.add_argument("--stream", action="store_true",
                          help="decode once into the on-disk image cache and read batch by batch "
                               "(automatic past $TRANSFERKIT_MAX_DECODED_GB)")
@@ -86,6 +97,14 @@ def add_data_options(command: argparse.ArgumentParser) -> None:
                       help="stage 2 peak learning rate (top group), or auto: the LR finder's after stage 1")
     plan.add_argument("--augment", choices=["none", "light", "strong"], help="training augmentation")
     plan.add_argument("--gradual", action="store_true", help="unfreeze one group at a time in stage 2")
+
+
+def column_names(text: str) -> tuple[str, ...]:
+    """``--label-columns``: comma-separated column names."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected column names separated by commas, e.g. age,weight; got {text!r}")
+    return names
 
 
 def rate_or_auto(text: str) -> float | str:
@@ -141,6 +160,7 @@ def recipe_from_args(args: argparse.Namespace):
         jit_compile=True if getattr(args, "jit_compile", False) else None,
         tensorboard=True if getattr(args, "tensorboard", False) else None,
         stream=True if getattr(args, "stream", False) else None,
+        labels=args.labels, task=args.task, label_columns=args.label_columns, label_delimiter=args.label_delimiter,
         distribute=getattr(args, "distribute", None),
         **optional,
     )

@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
     for stage in metrics["stages"]:
         kept = "" if stage["kept"] else " (lost the race to stage 1: undone)" if raced else " (below stage 1: undone)"
         print(f"stage {stage['name']}: {stage['epochs']} epochs (best {stage['best_epoch']}), "
-              f"{stage['seconds']:.1f}s, val_accuracy {stage['val_accuracy']}{kept}, "
+              f"{stage['seconds']:.1f}s, {score_of(stage)}{kept}, "
               f"{stage['trainable_params']} trainable params, feature cache {stage['feature_cache']}")
-    print(f"val_accuracy {metrics['val_accuracy']} in {metrics['seconds_total']:.1f}s; "
+    print(f"{score_of(metrics)} in {metrics['seconds_total']:.1f}s; "
           f"skipped images: {metrics['skipped_images']}; weights: {metrics['weights_source']}")
-    for line in technique_lines(metrics):
+    for line in task_lines(metrics) + technique_lines(metrics):
         print(line)
     if metrics.get("diagnosis"):
         from transferkit.diagnosis import Diagnosis
@@ -94,6 +94,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml"
           f"{report_files(result.output)}")
     return 0
+
+
+def score_of(result: dict) -> str:
+    """A run's or stage's headline: validation accuracy, or the validation loss for tasks without one."""
+    if result.get("val_accuracy") is not None:
+        return f"val_accuracy {result['val_accuracy']}"
+    return f"val_loss {result.get('val_loss')}"
+
+
+def task_lines(metrics: dict) -> list[str]:
+    """The validation scores that fit the task: ROC AUC (binary), F1 and mAP (multilabel), MAE/RMSE/R² (regression)."""
+    scores = metrics.get("validation_scores") or {}
+    if metrics["task"] == "binary" and scores.get("roc_auc") is not None:
+        return [f"validation ROC AUC {scores['roc_auc']}"]
+    if metrics["task"] == "multilabel" and scores:
+        return [f"validation micro F1 {scores['micro_f1']}, macro F1 {scores['macro_f1']} at the per-label "
+                f"thresholds chosen on it (at 0.5: {scores['micro_f1_at_0.5']}, {scores['macro_f1_at_0.5']}); "
+                f"mean average precision {scores['mean_average_precision']}",
+                "thresholds: " + ", ".join(f"{name} {t:g}" for name, t in scores["thresholds"].items())]
+    if metrics["task"] == "regression" and scores:
+        return [f"validation {name}: MAE {v['mae']}, RMSE {v['rmse']}, R² {v['r2']}"
+                for name, v in scores["per_target"].items()]
+    return []
 
 
 def technique_lines(metrics: dict) -> list[str]:

@@ -86,11 +86,17 @@ def _check_method_flags(args: argparse.Namespace) -> None:
                           f"{'use --method magnitude' if units else 'add --method units or fisher'}.")
 
 
+def before_after(m: dict) -> str:
+    """``val_accuracy 0.95 -> 0.94``; the validation loss for a task without accuracy."""
+    key = "val_accuracy" if m.get("val_accuracy_before") is not None else "val_loss"
+    return f"{key} {m[f'{key}_before']} -> {m[f'{key}_after']}"
+
+
 def _print_units(m: dict, output: str) -> int:
     """What ``--method units|fisher`` did: units, accuracy, parameters, FLOPs, sizes and latency before and after."""
     units = m["units"]
     print(f"removed {units['removed']} of {units['removable']} removable units ({m['method']} ranking)")
-    print(f"val_accuracy {m['val_accuracy_before']} -> {m['val_accuracy_after']}")
+    print(before_after(m))
     for key, label in (("params", "parameters"), ("flops", "multiply-adds")):
         before, after = units[key]["before"], units[key]["after"]
         print(f"{label:13s} {before:>10,d} -> {after:>10,d} ({before / after:.2f}x fewer)")
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     before, after = m["size_bytes"]["before"], m["size_bytes"]["after"]
     print(f"pruned {len(m['layer_sparsity'])} layers ({m['pruned_weights']} of {m['model_weights']} weights): "
           f"sparsity {m['sparsity']:.3f} (whole model {m['model_sparsity']:.3f})")
-    print(f"val_accuracy {m['val_accuracy_before']} -> {m['val_accuracy_after']}")
+    print(before_after(m))
     for key in ("keras", "keras_gzip", "tflite", "tflite_gzip"):
         print(f"{key:12s} {before[key]:>10,d} -> {after[key]:>10,d} bytes ({before[key] / after[key]:.2f}x smaller)")
     quantization = m.get("quantization")
