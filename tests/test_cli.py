@@ -211,6 +211,8 @@ def test_a_label_table_trains_from_the_cli_and_predicts(task, sign_digits, tmp_p
         assert 0 <= scores["micro_f1"] <= 1 and 0 <= scores["mean_average_precision"] <= 1
         assert metrics["thresholds"] == scores["thresholds"] and "validation micro F1" in printed
         assert "per label" in printed and "linear probe" in printed  # no probe without classes: the plan says so
+        assert main(["prune", str(out), "--qat", "--output", str(tmp_path / "qat")]) == 2  # before any training
+        assert "--qat calibrates on a sample per class" in capsys.readouterr().err
     else:
         assert metrics["class_names"] == ["digit", "tens"] and "thresholds" not in metrics
         assert set(scores["per_target"]) == {"digit", "tens"} and scores["mae"] >= 0

@@ -121,9 +121,11 @@ def test_the_techniques_recipe_loads_with_its_settings(monkeypatch, tmp_path):
     ({"labels": "t.csv", "task": "regression", "tta": 2}, "tta score"),
     ({"labels": "t.csv", "task": "multilabel", "class_weight": True}, "class_weight score"),
     ({"labels": "t.csv", "task": "multilabel", "tune": {"objective": "val_accuracy"}}, "--objective val_loss"),
-    ({"labels": "t.csv", "label_delimiter": ""}, "label_delimiter must be"),
+    ({"labels": "t.csv", "task": "multilabel", "label_delimiter": ""}, "label_delimiter must be"),
     ({"labels": "t.csv", "label_columns": []}, "label_columns must be a list"),
     ({"task": "multilabel"}, "needs labels from a table"),
+    ({"labels": "t.csv", "task": "regression", "label_delimiter": ";"}, "label_delimiter splits multilabel"),
+    ({"labels": "t.csv", "task": "regression", "label_smoothing": 0.1}, "label_smoothing applies to class"),
     ({"task": "ranking"}, "task must be one of"),
 ])
 def test_label_table_settings_are_checked(fields, message, tmp_path):
@@ -131,6 +133,14 @@ def test_label_table_settings_are_checked(fields, message, tmp_path):
                                              for k, v in fields.items()))
     with pytest.raises(RecipeError, match=message):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_a_recipe_table_is_found_beside_the_recipe(tmp_path):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "r.yaml").write_text("data: photos\nlabels: tags.csv\ntask: multilabel\n")
+    recipe = load_recipe(tmp_path / "exp" / "r.yaml")
+    assert recipe.labels == str((tmp_path / "exp" / "tags.csv").resolve())
+    assert recipe.data == str((tmp_path / "exp" / "photos").resolve())
 
 
 def test_label_table_settings_round_trip(tmp_path):

@@ -179,6 +179,8 @@ def test_a_class_table_reads_what_the_class_folders_read(sign_digits, tmp_path, 
         assert table.task_for(None) == "multiclass"
     with pytest.raises(RecipeError, match="task multilabel does not fit"):
         folders.task_for("multilabel")
+    with pytest.raises(RecipeError, match="binary needs exactly 2 classes; the data has 3"):
+        folders.task_for("binary")  # one sigmoid on labels 0-2 would train silently wrong
 
 
 def test_a_multilabel_table_splits_at_random_and_counts_images_per_label(sign_digits, tmp_path):

@@ -23,11 +23,11 @@ def _table(tmp_path, text, name="labels.csv"):
     return path
 
 
-def test_multiclass_names_sorted_numbers_by_value(tmp_path, root):
+def test_multiclass_names_sorted_as_class_folders_are(tmp_path, root):
     path = _table(tmp_path, "path,digit\na.jpg,10\nb.jpg,2\nc.jpg,2\n\nsub/e.jpg,10\n")
     table = read_labels(path, root, "multiclass")
-    assert table.names == ("2", "10")
-    assert table.targets.tolist() == [1, 0, 0, 1] and table.targets.dtype == np.int32
+    assert table.names == ("10", "2")  # by name, as scan_folder sorts folders: the same run either way
+    assert table.targets.tolist() == [0, 1, 1, 0] and table.targets.dtype == np.int32
     assert table.files[3] == str((root / "sub" / "e.jpg").resolve())
     assert table.lines == (2, 3, 4, 6)  # the blank line is skipped, line numbers stay the file's
 
@@ -85,6 +85,8 @@ def test_absolute_paths_are_taken_as_they_are(tmp_path, root):
     ("path,y\na.jpg,1\nb.jpg,2,3\n", "regression", {}, r"header has 2 columns but line 3: 3 cells"),
     ("path,y\na.jpg,1\n./a.jpg,2\n", "regression", {}, r"line 3 repeats line 2"),
     ("path,y\n,1\n", "regression", {}, r"no path on line 2"),
+    ("path,a,a\na.jpg,1,0\n", "multilabel", {}, r"repeated column names in its header \('a'\)"),
+    ("path,y\na.jpg,1_000\n", "regression", {}, r"line 2 \(y: '1_000'\)"),
     ("path\na.jpg\n", "regression", {}, r"one column \('path'\)"),
     ("path,y\n", "regression", {}, r"only a header"),
     ("", "regression", {}, r"no rows"),

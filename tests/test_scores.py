@@ -66,6 +66,8 @@ def test_best_threshold_maximises_f1_between_scores():
     scores, positive = np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, True, False, True])
     assert best_threshold(scores, positive) == 0.375  # the midpoint that separates them: F1 1.0
     assert best_threshold(scores, np.zeros(4, bool)) == 0.5  # nothing to choose by
+    close = np.array([0.123449, 0.123451])  # unrounded: a rounded 0.1235 would miss the positive
+    assert best_threshold(close, np.array([False, True])) == pytest.approx(0.12345)
 
 
 def test_multilabel_scores_by_hand():
@@ -78,8 +80,8 @@ def test_multilabel_scores_by_hand():
     assert at_half["per_label"]["a"]["f1"] == 0.5 and at_half["per_label"]["b"]["f1"] == 0.6667
     assert at_half["micro_f1"] == round(2 * 2 / (2 * 2 + 1 + 2), 4) and at_half["macro_f1"] == round((0.5 + 2 / 3) / 2, 4)
     chosen = multilabel_scores(p, y, ["a", "b"])
-    assert chosen["per_label"]["b"]["threshold"] == 0.3 and chosen["per_label"]["b"]["f1"] == 1.0
-    assert chosen["thresholds"] == {"a": chosen["per_label"]["a"]["threshold"], "b": 0.3}
+    assert chosen["per_label"]["b"]["threshold"] == pytest.approx(0.3) and chosen["per_label"]["b"]["f1"] == 1.0
+    assert chosen["thresholds"] == {"a": chosen["per_label"]["a"]["threshold"], "b": pytest.approx(0.3)}
     assert chosen["micro_f1_at_0.5"] == at_half["micro_f1"]
     assert chosen["mean_average_precision"] == round((5 / 6 + 1.0) / 2, 4)  # a: 1/2 + (1/2)(2/3); b: 1
     with pytest.raises(ValueError, match=r"\(n, 3\)"):

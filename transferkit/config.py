@@ -770,6 +770,11 @@ class Recipe:
                           ("max_per_class", "it samples class folders; trim the table instead")):
             if getattr(self, name) is not None:
                 raise RecipeError(f"{name} does not combine with labels: {why}.")
+        if self.label_delimiter is not None and self.task != "multilabel":
+            raise RecipeError(f"label_delimiter splits multilabel cells; task is {self.task or 'multiclass'}. Leave "
+                              "it out, or give --task multilabel.")
+        if self.task == "regression" and self.label_smoothing:
+            raise RecipeError("label_smoothing applies to classification tasks; this one is regression.")
         if self.task in NON_CLASS_TASKS:
             used = [name for name in ("class_weight", "tta", "snapshots", "target_accuracy")
                     if getattr(self, name) not in (None, False)]
@@ -891,7 +896,7 @@ def load_recipe(path: str | os.PathLike, **overrides: Any) -> Recipe:
     if not isinstance(raw, Mapping):
         raise RecipeError(f"Recipe {str(path)!r} must be a mapping of keys to values, got {type(raw).__name__}.")
     values = _from_mapping(raw, str(path))
-    for key in ("data", "val_dir", "output"):
+    for key in ("data", "val_dir", "output", "labels"):
         value = values.get(key)
         if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)) and "$" not in value:
             values[key] = str((path.parent / value).resolve())

@@ -145,6 +145,9 @@ class ImageSet:
         """
         if self.one_class_each:
             task = requested or ("binary" if self.num_classes == 2 else "multiclass")
+            if task == "binary" and self.num_classes != 2:
+                raise RecipeError(f"task binary needs exactly 2 classes; the data has {self.num_classes} "
+                                  f"({', '.join(self.class_names[:10])}). Use --task multiclass.")
             if task in ("multiclass", "binary"):
                 return task
         elif requested in (None, self.task):
@@ -524,6 +527,10 @@ def load_label_table(table: LabelTable, *, image_size: int, val_split: float = 0
         _check_classes_survive(targets, table.names, skipped)
         train_idx, val_idx = stratified_split(targets, val_split, seed)
     else:
+        lost = [name for name, total in zip(table.names, targets.sum(axis=0)) if table.task == "multilabel" and not total]
+        if lost:
+            raise DataError(f"No image with label(s) {', '.join(lost)} could be decoded ({len(skipped)} files "
+                            f"failed, e.g. {skipped[0][0]}: {skipped[0][1]}). Replace the corrupt files.")
         train_idx, val_idx = random_split(len(targets), val_split, seed)
     return ImageSet(_rows(images, train_idx), targets[train_idx], _rows(images, val_idx), targets[val_idx],
                     table.names, image_size, skipped, f"split {val_split} seed {seed}", table.task)

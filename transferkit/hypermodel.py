@@ -124,7 +124,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
             plan = plan_for(self.inputs, self.recipe)
             centre = plan_centre(plan, schedule=self.recipe.schedule.kind,
                                  label_smoothing=self.recipe.label_smoothing, groups=self.inputs.groups)
-            self._space = resolve_space(self._space_raw, centre, self.inputs.groups)
+            space = resolve_space(self._space_raw, centre, self.inputs.groups)
+            if self.task == "regression":  # label smoothing is for labels: a regression trial would fail
+                space = tuple(h for h in space if h.name != "label_smoothing")
+            self._space = space
         return self._space
 
     def declare(self, hp: Any) -> dict[str, Any]:

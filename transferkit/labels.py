@@ -5,7 +5,7 @@ Paths are relative to the data folder (absolute paths are taken as they are).
 What the label columns hold depends on the task:
 
 - ``multiclass`` / ``binary``: one column, one class name per row (binary:
-  exactly two distinct values);
+  exactly two distinct values), sorted as class folders are (by name);
 - ``multilabel``: one column of names separated by a delimiter (``|``, ``;``
   or spaces, found from the cells, or ``--label-delimiter``), or one 0/1
   column per label (a row of zeros is an image with none of the labels);
@@ -124,6 +124,10 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     if Path(header[0]).suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}:
         raise DataError(f"Label table {str(path)!r} starts with {header[0]!r}, a file, not a header. Add a first "
                         f"line naming the columns, e.g. path,{'label' if len(header) == 2 else ','.join(header[1:])}.")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated or not all(header):
+        raise DataError(f"Label table {str(path)!r} has {'repeated' if repeated else 'empty'} column names in its "
+                        f"header ({', '.join(map(repr, repeated or ['']))}); name each column once.")
     wrong = [f"line {line}: {len(cells)} cells" for line, cells in body if len(cells) != len(header)]
     if wrong:
         raise DataError(f"Label table {str(path)!r}: the header has {len(header)} columns but "
@@ -183,21 +187,13 @@ def _classes(cells, names, lines, task, source) -> tuple[np.ndarray, tuple[str, 
         raise DataError(f"Label table {str(source)!r} has a row with no label: {_listed(empty)}. Fill it or "
                         "delete the row.")
     values = [row[0] for row in cells]
-    classes = tuple(sorted(set(values), key=_natural))
+    classes = tuple(sorted(set(values)))  # as class folders sort: a table of a folder's files reads the same
     wanted = "exactly 2" if task == "binary" else "at least 2"
     if len(classes) < 2 or (task == "binary" and len(classes) != 2):
         raise DataError(f"A {task} table needs {wanted} distinct labels in {names[0]!r}; {str(source)!r} has "
                         f"{len(classes)}: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}.")
     index = {name: i for i, name in enumerate(classes)}
     return np.asarray([index[v] for v in values], dtype=np.int32), classes
-
-
-def _natural(name: str) -> tuple:
-    """Sort key: numbers by value, before words."""
-    try:
-        return (0, float(name), name)
-    except ValueError:
-        return (1, 0.0, name)
 
 
 def split_names(cell: str, delimiter: str | None) -> list[str]:
@@ -240,7 +236,7 @@ def _multilabel(cells, names, lines, delimiter, source) -> tuple[np.ndarray, tup
     if empty:
         raise DataError(f"Label table {str(source)!r} has a row with no label: {_listed(empty)}. Fill it or delete "
                         "the row; for images with none of the labels, use one 0/1 column per label.")
-    classes = tuple(sorted({name for labels in found for name in labels}, key=_natural))
+    classes = tuple(sorted({name for labels in found for name in labels}))
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(found), len(classes)), dtype=np.float32)
     for row, labels in enumerate(found):
@@ -255,7 +251,7 @@ def _regression(cells, names, lines, source) -> np.ndarray:
         parsed = []
         for name, cell in zip(names, row):
             try:
-                number = float(cell)
+                number = float(cell) if "_" not in cell else math.nan  # float() takes 1_000; a table should not
             except ValueError:
                 number = math.nan
             if not math.isfinite(number):

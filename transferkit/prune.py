@@ -39,8 +39,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_SPARSITY, SCHEDULES, STRUCTURES,
-                                UNIT_METHODS, PruneConfig)
+from transferkit.config import (ALLOCATIONS, AUTO_KINDS, BATCH_NORM, MAX_LAYER_SPARSITY, NON_CLASS_TASKS, SCHEDULES,
+                                STRUCTURES, UNIT_METHODS, PruneConfig)
 from transferkit.data import augment_config, make_dataset
 from transferkit.errors import DataError, RecipeError
 from transferkit.model import compile_model, make_optimizer, set_seed
@@ -708,7 +708,11 @@ def _check_output(output: Any, overwrite: bool, tensorboard: bool) -> None:
 
 
 def _check_source(run_dir: Any, run_metrics: dict[str, Any], config: PruneConfig) -> None:
-    """Refuse magnitude pruning or QAT of a unit-pruned run (their twin is rebuilt at the backbone's full width)."""
+    """Refuse magnitude pruning or QAT of a unit-pruned run (their twin is rebuilt at the backbone's full width),
+    and QAT of a run without classes (its calibration sample and int8 scores are per class)."""
+    if config.qat and run_metrics.get("task") in NON_CLASS_TASKS:
+        raise RecipeError(f"{str(run_dir)!r} is a {run_metrics['task']} run: --qat calibrates on a sample per class "
+                          "and scores the int8 model's accuracy, which it does not have. Prune it without --qat.")
     if run_metrics.get("method") in UNIT_METHODS and (config.method == "magnitude" or config.qat):
         raise RecipeError(f"{str(run_dir)!r} was unit-pruned ({run_metrics['method']}): magnitude pruning and QAT "
                           "rebuild the model at its backbone's full width, which this narrower model no longer "

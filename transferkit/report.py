@@ -224,6 +224,7 @@ def _scores(folder: Path, scores: dict[str, Any], prefix: str, title: str, image
     """Accuracy, calibration, confusion, per-class metrics and top losses of one scored set."""
     macro = scores.get("macro") or {}
     rows = [("accuracy", _fmt(scores.get("accuracy"))),
+            *([("ROC AUC", _fmt(scores["roc_auc"]))] if "roc_auc" in scores else []),
             (f"top-{scores.get('top_k')} accuracy", _fmt(scores.get("top_k_accuracy"))),
             ("macro precision / recall / F1", " / ".join(_fmt(macro.get(m)) for m in ("precision", "recall", "f1"))),
             ("expected calibration error", _fmt(scores.get("ece")))]
@@ -333,6 +334,8 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
     task = metrics.get("task", "multiclass")
     results = [{"type": "accuracy", "value": metrics.get("val_accuracy"), "name": "validation accuracy"}]
     scores = metrics.get("validation_scores") or {}
+    if task == "binary":
+        results.append({"type": "roc_auc", "value": scores.get("roc_auc"), "name": "validation ROC AUC"})
     if task == "multilabel":
         results += [{"type": "f1", "value": scores.get("micro_f1"), "name": "validation micro F1"},
                     {"type": "map", "value": scores.get("mean_average_precision"),

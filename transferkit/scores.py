@@ -192,7 +192,7 @@ def best_threshold(scores: np.ndarray, positive: np.ndarray, default: float = 0.
         default: Returned when there is no positive to choose by.
 
     Returns:
-        The threshold, rounded to 4 places.
+        The threshold (not rounded: rounding could move it across a score).
     """
     scores, positive = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(positive, dtype=bool).reshape(-1)
     if not positive.any():
@@ -201,7 +201,7 @@ def best_threshold(scores: np.ndarray, positive: np.ndarray, default: float = 0.
     candidates = np.r_[(distinct[:-1] + distinct[1:]) / 2, distinct[0], default]
     f1 = np.array([_f1_of(*_f1(scores >= t, positive)) for t in candidates])
     best = np.flatnonzero(f1 == f1.max())
-    return round(float(candidates[best[np.argmin(np.abs(candidates[best] - default))]]), 4)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - default))]])
 
 
 def multilabel_scores(probabilities: np.ndarray, targets: np.ndarray, names: Sequence[str], *,
@@ -241,7 +241,7 @@ def multilabel_scores(probabilities: np.ndarray, targets: np.ndarray, names: Seq
         tp, fp, fn = counts
         raw[name] = {"f1": _f1_of(*counts), "f1_at_0.5": _f1_of(*half),
                      "average_precision": _average_precision(p[:, j], y[:, j])}
-        per_label[name] = {"threshold": round(thresholds[j], 4), "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
+        per_label[name] = {"threshold": thresholds[j], "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
                            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0,
                            **{k: None if v is None else round(v, 4) for k, v in raw[name].items()},
                            "support": int(y[:, j].sum())}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.config import SPACE_PRESETS, Recipe, TuneConfig, recipe_to_dict
-from transferkit.errors import MissingDependencyError, RecipeError, SearchError
+from transferkit.errors import DataError, MissingDependencyError, RecipeError, SearchError
 from transferkit.registry import REGISTRY, Registry
 from transferkit import plots
 from transferkit.report import report_quietly
@@ -113,6 +113,11 @@ def _check_inputs(recipe: Recipe, registry: Registry) -> None:
     if recipe.data is None:
         raise RecipeError("No training data. Give a folder with one sub-folder of images per class "
                           "(transferkit tune DATA_DIR), or data: in the recipe.")
+    if recipe.labels:  # a table's paths are relative to the folder: it need not hold class folders
+        if not Path(recipe.data).is_dir():
+            raise DataError(f"Data folder {recipe.data!r} does not exist; the paths of {recipe.labels!r} are "
+                            "relative to it.")
+        return
     for folder in (recipe.data, recipe.val_dir):
         if folder is not None:
             scan_folder(folder)

@@ -180,6 +180,13 @@ def recipe_from_args(args: argparse.Namespace):
     return recipe, data
 
 
+def score_of(result: dict) -> str:
+    """A run's or stage's headline: validation accuracy, or the validation loss for tasks without one."""
+    if result.get("val_accuracy") is not None:
+        return f"val_accuracy {result['val_accuracy']}"
+    return f"val_loss {result.get('val_loss')}"
+
+
 def print_table(rows: list[tuple[str, ...]]) -> None:
     """Print rows as left-aligned columns; the first row is the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_command, add_data_options, recipe_from_args, report_files
+from transferkit.cli.common import add_command, add_data_options, recipe_from_args, report_files, score_of
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run", "technique_lines"]
@@ -96,13 +96,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_of(result: dict) -> str:
-    """A run's or stage's headline: validation accuracy, or the validation loss for tasks without one."""
-    if result.get("val_accuracy") is not None:
-        return f"val_accuracy {result['val_accuracy']}"
-    return f"val_loss {result.get('val_loss')}"
-
-
 def task_lines(metrics: dict) -> list[str]:
     """The validation scores that fit the task: ROC AUC (binary), F1 and mAP (multilabel), MAE/RMSE/R² (regression)."""
     scores = metrics.get("validation_scores") or {}
@@ -127,7 +120,9 @@ def technique_lines(metrics: dict) -> list[str]:
     if metrics.get("ema"):
         ema = metrics["ema"]
         raw = ema["val_accuracy_raw"] if ema["val_accuracy_raw"] is not None else "not measured (resumed)"
-        lines.append(f"ema {ema['momentum']}: val_accuracy {ema['val_accuracy']} averaged, {raw} raw ({ema['stage']})")
+        lines.append(f"ema {ema['momentum']}: val_accuracy {ema['val_accuracy']} averaged, {raw} raw ({ema['stage']})"
+                     if ema["val_accuracy"] is not None else f"ema {ema['momentum']}: weights averaged "
+                     f"({ema['stage']}; no accuracy to compare for this task)")
     if metrics.get("snapshots"):
         snap = metrics["snapshots"]
         kept = "" if snap["kept"] else " (below stage 1: not kept)"

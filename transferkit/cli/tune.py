@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import os
 
-from transferkit.cli.common import add_command, add_data_options, print_table, recipe_from_args, report_files
+from transferkit.cli.common import (add_command, add_data_options, print_table, recipe_from_args, report_files,
+                                    score_of)
 from transferkit.config import OBJECTIVES, TUNERS, TuneConfig
 
 __all__ = ["register", "run"]
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary['completed']} of {summary['trials']} trials completed ({summary['failed']} failed), "
           f"{summary['trials_per_minute']} trials per minute; best: trial {best['trial']}, {objective} "
           f"{best[objective]:.4f} (the first trial is the planner's plan)")
-    print(f"best trial retrained into best/: val_accuracy {summary['best_run']['val_accuracy']}")
+    print(f"best trial retrained into best/: {score_of(summary['best_run'])}")
     print(f"wrote {os.path.join(result.output, 'trials.csv')}, trials.png, best_recipe.yaml, best/, tune.json"
           f"{report_files(result.output)}")
     return 0
