@@ -217,6 +217,17 @@ def test_a_label_table_trains_from_the_cli_and_predicts(task, sign_digits, tmp_p
         assert metrics["class_names"] == ["digit", "tens"] and "thresholds" not in metrics
         assert set(scores["per_target"]) == {"digit", "tens"} and scores["mae"] >= 0
         assert "validation digit: MAE" in printed and "small (regression" in printed
+    assert main(["evaluate", str(out), str(data)]) == 2  # no class folders to score: the table is needed
+    assert "give its test labels as a table, --labels TEST.csv" in capsys.readouterr().err
+    assert main(["evaluate", str(out), str(data), "--labels", str(table), "--output", str(tmp_path / "test")]) == 0
+    evaluation = json.loads((tmp_path / "test" / "evaluation.json").read_text())
+    assert evaluation["task"] == task and evaluation["images"] == 40 and "test " in capsys.readouterr().out
+    if task == "multilabel":  # scored at the thresholds saved with the run
+        assert evaluation["thresholds"] == pytest.approx(metrics["thresholds"])
+        assert 0 <= evaluation["micro_f1"] <= 1 and evaluation["per_label"]["big"]["support"] == 20
+    else:
+        assert set(evaluation["per_target"]) == {"digit", "tens"} and evaluation["per_target"]["tens"]["mean"] == 15
+    assert "Test set:" in (tmp_path / "test" / "report.md").read_text()
     assert main(["predict", str(out), str(image)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     if task == "multilabel":

@@ -102,6 +102,22 @@ def test_many_problems_are_counted_not_all_listed(tmp_path, root):
         read_labels(_table(tmp_path, "path,y\n" + rows), root, "regression")
 
 
+def test_a_test_table_is_read_onto_the_runs_outputs(tmp_path, root):
+    classes = _table(tmp_path, "path,y\na.jpg,dog\nb.jpg,dog\n")
+    table = read_labels(classes, root, "multiclass", names=["cat", "dog"])  # one class present is enough
+    assert table.names == ("cat", "dog") and table.targets.tolist() == [1, 1]
+    with pytest.raises(DataError, match="class\\(s\\) dog that the run was not trained on"):
+        read_labels(classes, root, "multiclass", names=["cat", "cow"])
+    tags = _table(tmp_path, "path,tags\na.jpg,b\n", "tags.csv")
+    assert read_labels(tags, root, "multilabel", names=["a", "b"]).targets.tolist() == [[0, 1]]
+    columns = _table(tmp_path, "path,z,b,a\na.jpg,1,0,1\n", "cols.csv")  # the run's columns, in its order
+    assert read_labels(columns, root, "multilabel", names=["a", "b"]).targets.tolist() == [[1, 0]]
+    with pytest.raises(DataError, match="'c' are not in"):
+        read_labels(columns, root, "multilabel", names=["a", "c"])
+    values = _table(tmp_path, "path,w,age\na.jpg,3,40\n", "values.csv")
+    assert read_labels(values, root, "regression", names=["age"]).targets.tolist() == [[40.0]]
+
+
 def test_a_missing_table_and_an_unknown_task(tmp_path, root):
     with pytest.raises(DataError, match="does not exist"):
         read_labels(tmp_path / "none.csv", root, "regression")

@@ -62,7 +62,8 @@ class LabelTable:
 
 
 def read_labels(path: str | os.PathLike, root: str | os.PathLike, task: str, *,
-                columns: Sequence[str] | None = None, delimiter: str | None = None) -> LabelTable:
+                columns: Sequence[str] | None = None, delimiter: str | None = None,
+                names: Sequence[str] | None = None) -> LabelTable:
     """Read and check a label table.
 
     Args:
@@ -74,6 +75,11 @@ def read_labels(path: str | os.PathLike, root: str | os.PathLike, task: str, *,
             path column when ``None``.
         delimiter: Separator of several names in one multi-label cell;
             ``None`` finds it (``|``, then ``;``, else whitespace).
+        names: A trained run's classes, labels or targets: the table is read
+            onto them, in their order (a test table). A class or label not
+            among them is refused; classes or labels the table lacks are
+            allowed (no support), except that 0/1 columns and regression
+            columns must all be there (a missing column is unknown, not 0).
 
     Returns:
         The :class:`LabelTable`.
@@ -87,16 +93,18 @@ def read_labels(path: str | os.PathLike, root: str | os.PathLike, task: str, *,
     if task not in TASKS:
         raise DataError(f"task must be one of {', '.join(TASKS)}, got {task!r}.")
     header, rows = _read_rows(Path(path))
+    if names is not None and columns is None and (task == "regression" or (task == "multilabel" and len(header) > 2)):
+        columns = list(names)  # one column per output: the run's
     picked = _pick_columns(header, columns, path)
     files, lines = _check_paths([(line, cells[0].strip()) for line, cells in rows], Path(root), path)
     cells = [[cells[i].strip() for i in picked] for _, cells in rows]
-    names = [header[i] for i in picked]
+    columns = [header[i] for i in picked]
     if task in ("multiclass", "binary"):
-        targets, classes = _classes(cells, names, lines, task, path)
+        targets, classes = _classes(cells, columns, lines, task, path, names)
     elif task == "multilabel":
-        targets, classes = _multilabel(cells, names, lines, delimiter, path)
+        targets, classes = _multilabel(cells, columns, lines, delimiter, path, names)
     else:
-        targets, classes = _regression(cells, names, lines, path), tuple(names)
+        targets, classes = _regression(cells, columns, lines, path), tuple(columns)
     return LabelTable(task, files, targets, classes, str(path), lines)
 
 
@@ -176,8 +184,16 @@ def _empty_cells(cells: list[list[str]], names: list[str], lines: Sequence[int])
     return [f"line {line} ({name})" for line, row in zip(lines, cells) for name, cell in zip(names, row) if not cell]
 
 
-def _classes(cells, names, lines, task, source) -> tuple[np.ndarray, tuple[str, ...]]:
-    """One class per row: its index among the sorted class names."""
+def _known(found: Sequence[str], names: Sequence[str], what: str, source) -> None:
+    """Refuse classes or labels a trained run does not have."""
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise DataError(f"Label table {str(source)!r} has {what}(s) {', '.join(unknown[:10])} that the run was not "
+                        f"trained on (its {what}s: {', '.join(names[:20])}). Score it on the run's {what}s only.")
+
+
+def _classes(cells, names, lines, task, source, known=None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One class per row: its index among the sorted class names (or the run's, ``known``)."""
     if len(names) != 1:
         raise DataError(f"A {task} table takes one label column, {str(source)!r} has {len(names)} "
                         f"({', '.join(names)}). Pick one with --label-columns, or use --task multilabel for "
@@ -188,6 +204,10 @@ def _classes(cells, names, lines, task, source) -> tuple[np.ndarray, tuple[str, 
                         "delete the row.")
     values = [row[0] for row in cells]
     classes = tuple(sorted(set(values)))  # as class folders sort: a table of a folder's files reads the same
+    if known is not None:
+        _known(classes, known, "class", source)
+        index = {name: i for i, name in enumerate(known)}
+        return np.asarray([index[v] for v in values], dtype=np.int32), tuple(known)
     wanted = "exactly 2" if task == "binary" else "at least 2"
     if len(classes) < 2 or (task == "binary" and len(classes) != 2):
         raise DataError(f"A {task} table needs {wanted} distinct labels in {names[0]!r}; {str(source)!r} has "
@@ -210,8 +230,8 @@ def split_names(cell: str, delimiter: str | None) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _multilabel(cells, names, lines, delimiter, source) -> tuple[np.ndarray, tuple[str, ...]]:
-    """0/1 per label: from one delimited column, or from one 0/1 column per label."""
+def _multilabel(cells, names, lines, delimiter, source, known=None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """0/1 per label: from one delimited column, or from one 0/1 column per label (the run's labels: ``known``)."""
     if len(names) > 1:
         if delimiter is not None:
             raise DataError(f"--label-delimiter splits one column of names, but {str(source)!r} has "
@@ -224,7 +244,7 @@ def _multilabel(cells, names, lines, delimiter, source) -> tuple[np.ndarray, tup
                             f"image; not so on {_listed(bad)}.")
         targets = np.asarray([[float(c) for c in row] for row in cells], dtype=np.float32)
         never = [n for n, total in zip(names, targets.sum(axis=0)) if not total]
-        if never:
+        if never and known is None:
             raise DataError(f"Label(s) {', '.join(never)} of {str(source)!r} are 0 on every row, so they cannot be "
                             "learned; leave them out with --label-columns.")
         return targets, tuple(names)
@@ -237,6 +257,9 @@ def _multilabel(cells, names, lines, delimiter, source) -> tuple[np.ndarray, tup
         raise DataError(f"Label table {str(source)!r} has a row with no label: {_listed(empty)}. Fill it or delete "
                         "the row; for images with none of the labels, use one 0/1 column per label.")
     classes = tuple(sorted({name for labels in found for name in labels}))
+    if known is not None:
+        _known(classes, known, "label", source)
+        classes = tuple(known)
     index = {name: i for i, name in enumerate(classes)}
     targets = np.zeros((len(found), len(classes)), dtype=np.float32)
     for row, labels in enumerate(found):

@@ -162,8 +162,10 @@ def _summary(metrics: dict[str, Any], evaluation: dict[str, Any] | None) -> Sect
             ("seconds", _fmt(metrics.get("seconds_total"), 1)),
             ("seed", metrics.get("seed"))]
     if evaluation:
-        rows.insert(6, ("test accuracy", f"{_fmt(evaluation.get('accuracy'))} on {evaluation.get('images')} images "
-                                         f"of {evaluation.get('data')}"))
+        name, key = {"multilabel": ("test micro F1", "micro_f1"), "regression": ("test MAE", "mae")}.get(
+            metrics.get("task"), ("test accuracy", "accuracy"))
+        rows.insert(6, (name, f"{_fmt(evaluation.get(key))} on {evaluation.get('images')} images "
+                              f"of {evaluation.get('data')}"))
     if metrics.get("source_run"):
         rows.append(("pruned from", metrics["source_run"]))
     return Section("Summary", [Block("table", headers=("", ""), rows=rows)])
@@ -344,7 +346,11 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
         results += [{"type": name, "value": scores.get(name), "name": f"validation {name.upper()} (mean over targets)"}
                     for name in ("mae", "rmse")]
     if evaluation:
-        results.append({"type": "accuracy", "value": evaluation.get("accuracy"), "name": "test accuracy"})
+        results += [{"type": "accuracy", "value": evaluation.get("accuracy"), "name": "test accuracy"},
+                    {"type": "f1", "value": evaluation.get("micro_f1"), "name": "test micro F1"},
+                    {"type": "map", "value": evaluation.get("mean_average_precision"),
+                     "name": "test mean average precision"},
+                    {"type": "mae", "value": evaluation.get("mae"), "name": "test MAE (mean over targets)"}]
     results = [r for r in results if r["value"] is not None]
     meta = {"library_name": "keras", "tags": ["transferkit", "transfer-learning", metrics["backbone"], task]}
     if task in ("multiclass", "binary", "multilabel"):
@@ -376,7 +382,7 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
              *[md_row((name, count)) for name, count in counts.items()], "",
              "## Evaluation", "", "| metric | value |", "|---|---|",
              *[md_row((r["name"], _fmt(r["value"]))) for r in results]]
-    if evaluation:
+    if evaluation and task in ("multiclass", "binary"):
         lines.append(f"| test macro F1 | {_fmt((evaluation.get('macro') or {}).get('f1'))} |")
         lines.append(f"| test expected calibration error | {_fmt(evaluation.get('ece'))} |")
     lines += ["", "## Framework versions", "", *[f"- {k} {v}" for k, v in versions.items()], ""]
@@ -549,7 +555,9 @@ def _run_sections(folder: Path, metrics: dict[str, Any], evaluation: dict[str, A
                   figures: _Figures) -> list[Section]:
     sections = [_summary(metrics, evaluation), *_training(folder, metrics, figures)]
     size = int(metrics["image_size"])
-    if evaluation:
+    if evaluation and metrics.get("task") in ("multilabel", "regression"):
+        sections.append(_target_scores(evaluation, f"Test set: {evaluation.get('labels', evaluation.get('data'))}"))
+    elif evaluation:
         sections.append(_scores(folder, evaluation, "test", f"Test set: {evaluation.get('data')}", size, figures))
     scores = metrics.get("validation_scores")
     if scores and metrics.get("task") in ("multilabel", "regression"):

@@ -187,6 +187,22 @@ def score_of(result: dict) -> str:
     return f"val_loss {result.get('val_loss')}"
 
 
+def task_lines(metrics: dict) -> list[str]:
+    """The validation scores that fit the task: ROC AUC (binary), F1 and mAP (multilabel), MAE/RMSE/R² (regression)."""
+    scores = metrics.get("validation_scores") or {}
+    if metrics["task"] == "binary" and scores.get("roc_auc") is not None:
+        return [f"validation ROC AUC {scores['roc_auc']}"]
+    if metrics["task"] == "multilabel" and scores:
+        return [f"validation micro F1 {scores['micro_f1']}, macro F1 {scores['macro_f1']} at the per-label "
+                f"thresholds chosen on it (at 0.5: {scores['micro_f1_at_0.5']}, {scores['macro_f1_at_0.5']}); "
+                f"mean average precision {scores['mean_average_precision']}",
+                "thresholds: " + ", ".join(f"{name} {t:g}" for name, t in scores["thresholds"].items())]
+    if metrics["task"] == "regression" and scores:
+        return [f"validation {name}: MAE {v['mae']}, RMSE {v['rmse']}, R² {v['r2']}"
+                for name, v in scores["per_target"].items()]
+    return []
+
+
 def print_table(rows: list[tuple[str, ...]]) -> None:
     """Print rows as left-aligned columns; the first row is the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from transferkit.cli.common import add_command, add_data_options, recipe_from_args, report_files, score_of
+from transferkit.cli.common import (add_command, add_data_options, recipe_from_args, report_files, score_of,
+                                    task_lines)
 from transferkit.errors import RecipeError
 
 __all__ = ["register", "run", "technique_lines"]
@@ -94,22 +95,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {os.path.join(result.output, 'model.keras')}{extra}, metrics.json, history.csv, recipe.yaml"
           f"{report_files(result.output)}")
     return 0
-
-
-def task_lines(metrics: dict) -> list[str]:
-    """The validation scores that fit the task: ROC AUC (binary), F1 and mAP (multilabel), MAE/RMSE/R² (regression)."""
-    scores = metrics.get("validation_scores") or {}
-    if metrics["task"] == "binary" and scores.get("roc_auc") is not None:
-        return [f"validation ROC AUC {scores['roc_auc']}"]
-    if metrics["task"] == "multilabel" and scores:
-        return [f"validation micro F1 {scores['micro_f1']}, macro F1 {scores['macro_f1']} at the per-label "
-                f"thresholds chosen on it (at 0.5: {scores['micro_f1_at_0.5']}, {scores['macro_f1_at_0.5']}); "
-                f"mean average precision {scores['mean_average_precision']}",
-                "thresholds: " + ", ".join(f"{name} {t:g}" for name, t in scores["thresholds"].items())]
-    if metrics["task"] == "regression" and scores:
-        return [f"validation {name}: MAE {v['mae']}, RMSE {v['rmse']}, R² {v['r2']}"
-                for name, v in scores["per_target"].items()]
-    return []
 
 
 def technique_lines(metrics: dict) -> list[str]:
