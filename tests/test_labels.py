@@ -63,6 +63,7 @@ def test_regression_columns_and_tab_separated(tmp_path, root):
 
 def test_absolute_paths_are_taken_as_they_are(tmp_path, root):
     path = _table(tmp_path, f"path,y\n{root / 'a.jpg'},1\nb.jpg,2\n")
+    (tmp_path / "elsewhere").mkdir()
     with pytest.raises(DataError, match="1 image.*line 3: b.jpg"):  # only the relative row is missing there
         read_labels(path, tmp_path / "elsewhere", "regression")
     assert read_labels(path, root, "regression").files[0] == str((root / "a.jpg").resolve())
@@ -116,6 +117,21 @@ def test_a_test_table_is_read_onto_the_runs_outputs(tmp_path, root):
         read_labels(columns, root, "multilabel", names=["a", "c"])
     values = _table(tmp_path, "path,w,age\na.jpg,3,40\n", "values.csv")
     assert read_labels(values, root, "regression", names=["age"]).targets.tolist() == [[40.0]]
+
+
+def test_a_test_tables_columns_are_put_in_the_runs_order(tmp_path, root):
+    values = _table(tmp_path, "path,a,b\na.jpg,1,2\n")
+    picked = read_labels(values, root, "regression", columns=["b", "a"], names=["a", "b"])
+    assert picked.names == ("a", "b") and picked.targets.tolist() == [[1.0, 2.0]]  # not swapped silently
+    with pytest.raises(DataError, match="gives b; the run has a, b"):
+        read_labels(values, root, "regression", columns=["b"], names=["a", "b"])
+
+
+def test_one_zero_one_column_is_a_binary_task_and_the_folder_must_exist(tmp_path, root):
+    with pytest.raises(DataError, match="one yes/no label, a binary task"):
+        read_labels(_table(tmp_path, "path,is_cat\na.jpg,1\nb.jpg,0\n"), root, "multilabel")
+    with pytest.raises(DataError, match="Data folder .* does not exist"):
+        read_labels(_table(tmp_path, "path,y\na.jpg,1\n"), tmp_path / "nowhere", "regression")
 
 
 def test_a_missing_table_and_an_unknown_task(tmp_path, root):

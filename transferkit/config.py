@@ -27,7 +27,7 @@ from transferkit.registry import HUB_PREFIX, HUB_RANGES, is_hub
 __all__ = ["Recipe", "HeadConfig", "AugmentConfig", "PruneConfig", "ScheduleConfig", "schedule_config",
            "SCHEDULE_KINDS", "load_recipe", "recipe_to_dict", "TuneConfig", "TUNERS", "OBJECTIVES", "SPACE_PRESETS",
            "augment_config", "check_number", "check_bool", "check_text", "DEMO_RECIPE", "PLANS", "SIMILARITIES",
-           "TASKS", "NON_CLASS_TASKS", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS", "AUTO", "DEFAULT_LEARNING_RATE", "MAX_TTA"]
+           "TASKS", "NON_CLASS_TASKS", "output_unit", "AUGMENT_PRESETS", "MIN_IMAGE_SIZE", "FLIPS", "AUTO", "DEFAULT_LEARNING_RATE", "MAX_TTA"]
 
 #: Values of ``Recipe.plan``.
 PLANS = ("auto", "none")
@@ -43,6 +43,11 @@ DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 #: Tasks without one class per image: they need a label table and have no accuracy.
 NON_CLASS_TASKS = ("multilabel", "regression")
+
+
+def output_unit(task: str | None) -> str:
+    """What a task's outputs are: ``"class"``, ``"label"`` (multilabel) or ``"target"`` (regression)."""
+    return {"multilabel": "label", "regression": "target"}.get(task, "class")
 #: Pooling of the backbone's feature map in the head.
 POOLINGS = ("avg", "max", "flatten")
 

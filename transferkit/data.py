@@ -491,9 +491,6 @@ def load_recipe_data(recipe: Recipe, folder: str | os.PathLike, image_size: int)
         images = load_image_folder(folder, image_size=image_size, val_dir=recipe.val_dir, val_split=recipe.val_split,
                                    seed=recipe.seed, max_per_class=recipe.max_per_class, stream=recipe.stream)
         return images, scan_folder(folder).files
-    if not Path(folder).is_dir():
-        raise DataError(f"Data folder {str(folder)!r} does not exist; the paths of {recipe.labels!r} are relative "
-                        "to it.")
     table = read_labels(recipe.labels, folder, recipe.task or "multiclass", columns=recipe.label_columns,
                         delimiter=recipe.label_delimiter)
     images = load_label_table(table, image_size=image_size, val_split=recipe.val_split, seed=recipe.seed,
@@ -527,10 +524,8 @@ def load_label_table(table: LabelTable, *, image_size: int, val_split: float = 0
         _check_classes_survive(targets, table.names, skipped)
         train_idx, val_idx = stratified_split(targets, val_split, seed)
     else:
-        lost = [name for name, total in zip(table.names, targets.sum(axis=0)) if table.task == "multilabel" and not total]
-        if lost:
-            raise DataError(f"No image with label(s) {', '.join(lost)} could be decoded ({len(skipped)} files "
-                            f"failed, e.g. {skipped[0][0]}: {skipped[0][1]}). Replace the corrupt files.")
+        if table.task == "multilabel":  # a label whose every image failed to decode cannot be learned
+            _check_classes_survive(np.flatnonzero(targets.sum(axis=0)), table.names, skipped)
         train_idx, val_idx = random_split(len(targets), val_split, seed)
     return ImageSet(_rows(images, train_idx), targets[train_idx], _rows(images, val_idx), targets[val_idx],
                     table.names, image_size, skipped, f"split {val_split} seed {seed}", table.task)

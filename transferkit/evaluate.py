@@ -67,14 +67,13 @@ def evaluate(run_dir: str | os.PathLike, data: str | os.PathLike, *, tta: int = 
     check_number("top_k", top_k, low=1, integer=True)
     folder = check_folder(output if output is not None else run_dir)  # before any work
     metrics = _metrics_of(run_dir)
+    if not metrics:  # not a run, or a damaged one: load_run names what is wrong
+        load_run(run_dir, allow_saved_model=allow_saved_model)
     task = metrics.get("task")
     if task in NON_CLASS_TASKS and labels is None:
         raise DataError(f"{str(run_dir)!r} is a {task} run: give its test labels as a table, --labels TEST.csv "
                         "(paths relative to the data folder, then the labels, as in training).")
     if labels is not None:
-        if not Path(data).is_dir():
-            raise DataError(f"Data folder {str(data)!r} does not exist; the paths of {str(labels)!r} are relative "
-                            "to it.")
         table = read_labels(labels, data, task or "multiclass", columns=label_columns, delimiter=label_delimiter,
                             names=list(metrics.get("class_names") or []))
         files, targets = list(table.files), table.targets

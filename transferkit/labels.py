@@ -92,6 +92,8 @@ def read_labels(path: str | os.PathLike, root: str | os.PathLike, task: str, *,
     """
     if task not in TASKS:
         raise DataError(f"task must be one of {', '.join(TASKS)}, got {task!r}.")
+    if not Path(root).is_dir():
+        raise DataError(f"Data folder {str(root)!r} does not exist; the paths of {str(path)!r} are relative to it.")
     header, rows = _read_rows(Path(path))
     if names is not None and columns is None and (task == "regression" or (task == "multilabel" and len(header) > 2)):
         columns = list(names)  # one column per output: the run's
@@ -105,6 +107,11 @@ def read_labels(path: str | os.PathLike, root: str | os.PathLike, task: str, *,
         targets, classes = _multilabel(cells, columns, lines, delimiter, path, names)
     else:
         targets, classes = _regression(cells, columns, lines, path), tuple(columns)
+    if names is not None and tuple(classes) != tuple(names):  # columns picked in another order: the run's order
+        if sorted(classes) != sorted(names) or targets.ndim != 2:
+            raise DataError(f"Label table {str(path)!r} gives {', '.join(classes)}; the run has "
+                            f"{', '.join(names)}. Give the run's columns (--label-columns).")
+        targets, classes = targets[:, [classes.index(n) for n in names]], tuple(names)
     return LabelTable(task, files, targets, classes, str(path), lines)
 
 
@@ -249,6 +256,9 @@ def _multilabel(cells, names, lines, delimiter, source, known=None) -> tuple[np.
                             "learned; leave them out with --label-columns.")
         return targets, tuple(names)
     column = [row[0] for row in cells]
+    if delimiter is None and set(column) <= {"0", "1"}:
+        raise DataError(f"Label table {str(source)!r} has one label column of 0s and 1s ({names[0]!r}): that is one "
+                        "yes/no label, a binary task. Use --task binary, or one 0/1 column per label.")
     if delimiter is None:
         delimiter = next((d for d in DELIMITERS if any(d in cell for cell in column)), None)
     found = [split_names(cell, delimiter) for cell in column]

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from transferkit.data import ImageSet
+from transferkit.config import output_unit
 from transferkit.planner import DataProfile, GroupInfo, Similarity, similarity_from_shift
 
 __all__ = ["profile_data", "folder_resolution", "measure_similarity", "group_infos",
@@ -55,8 +56,7 @@ def profile_data(images: ImageSet, resolution: tuple[int, int] | None = None) ->
     counts = list(images.counts("train").values())
     if images.task == "regression":  # no classes: every image counts once
         counts = counts[:1]
-    kind = {"multilabel": "label", "regression": "target"}.get(images.task, "class")
-    return DataProfile.from_counts(counts, resolution, images=len(images.y_train), kind=kind)
+    return DataProfile.from_counts(counts, resolution, images=len(images.y_train), kind=output_unit(images.task))
 
 
 def folder_resolution(files: Sequence[str], sample: int = 200, seed: int = 0) -> tuple[int, int] | None:

@@ -85,8 +85,9 @@ def predict(model_dir: str | os.PathLike, images: Sequence[str | os.PathLike], t
     rows, task = {}, metrics["task"]
     if decoded:
         outputs = predict_views(model, np.stack(list(decoded.values())).astype(np.float32), tta)
-        rows = dict(zip(decoded, outputs if task in NON_CLASS_TASKS else class_probabilities(outputs)))  # binary:
-    thresholds = [float((metrics.get("thresholds") or {}).get(name, 0.5)) for name in names]  # 1 sigmoid = P(1)
+        # binary: one sigmoid unit is P(class 1), made two columns
+        rows = dict(zip(decoded, outputs if task in NON_CLASS_TASKS else class_probabilities(outputs)))
+    thresholds = [float((metrics.get("thresholds") or {}).get(name, 0.5)) for name in names]
     results = []
     for index, path in enumerate(images):
         if index in errors:

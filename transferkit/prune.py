@@ -748,7 +748,7 @@ def _pruned_record(run_metrics: dict[str, Any], result: PruneResult, source: str
     record.versions = versions()
     # the source run's scores, diagnosis and techniques are not the pruned model's (its stages stay: its history)
     record.diagnosis = record.validation_scores = record.tta = record.ema = record.snapshots = None
-    if record.task not in ("multiclass", "binary"):  # new thresholds: the pruned model's outputs moved
+    if record.task in NON_CLASS_TASKS:  # new thresholds: the pruned model's outputs moved
         record.thresholds = None
         score_targets(record, result.model, images, batch_size=max(64, recipe.batch_size))
         return record, {}

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transferkit import plots
+from transferkit.config import NON_CLASS_TASKS, output_unit
 from transferkit.diagnosis import Diagnosis
 from transferkit.errors import ModelDirError
 from transferkit.runs import RunRecord, atomic_write
@@ -121,8 +122,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _unit(metrics: dict[str, Any]) -> str:
-    """What the outputs are: ``class``, ``label`` (multilabel) or ``target`` (regression)."""
-    return {"multilabel": "label", "regression": "target"}.get(metrics.get("task"), "class")
+    """What the run's outputs are (:func:`~transferkit.config.output_unit`)."""
+    return output_unit(metrics.get("task"))
 
 
 def _images(metrics: dict[str, Any], split: str) -> int:
@@ -382,7 +383,7 @@ def model_card(metrics: dict[str, Any], evaluation: dict[str, Any] | None = None
              *[md_row((name, count)) for name, count in counts.items()], "",
              "## Evaluation", "", "| metric | value |", "|---|---|",
              *[md_row((r["name"], _fmt(r["value"]))) for r in results]]
-    if evaluation and task in ("multiclass", "binary"):
+    if evaluation and task not in NON_CLASS_TASKS:
         lines.append(f"| test macro F1 | {_fmt((evaluation.get('macro') or {}).get('f1'))} |")
         lines.append(f"| test expected calibration error | {_fmt(evaluation.get('ece'))} |")
     lines += ["", "## Framework versions", "", *[f"- {k} {v}" for k, v in versions.items()], ""]
@@ -555,12 +556,12 @@ def _run_sections(folder: Path, metrics: dict[str, Any], evaluation: dict[str, A
                   figures: _Figures) -> list[Section]:
     sections = [_summary(metrics, evaluation), *_training(folder, metrics, figures)]
     size = int(metrics["image_size"])
-    if evaluation and metrics.get("task") in ("multilabel", "regression"):
+    if evaluation and metrics.get("task") in NON_CLASS_TASKS:
         sections.append(_target_scores(evaluation, f"Test set: {evaluation.get('labels', evaluation.get('data'))}"))
     elif evaluation:
         sections.append(_scores(folder, evaluation, "test", f"Test set: {evaluation.get('data')}", size, figures))
     scores = metrics.get("validation_scores")
-    if scores and metrics.get("task") in ("multilabel", "regression"):
+    if scores and metrics.get("task") in NON_CLASS_TASKS:
         sections.append(_target_scores(scores, "Validation split"))
     elif scores:
         sections.append(_scores(folder, scores, "validation", "Validation split", size, figures))

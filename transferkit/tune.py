@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.config import SPACE_PRESETS, Recipe, TuneConfig, recipe_to_dict
-from transferkit.errors import DataError, MissingDependencyError, RecipeError, SearchError
+from transferkit.errors import MissingDependencyError, RecipeError, SearchError
 from transferkit.registry import REGISTRY, Registry
 from transferkit import plots
 from transferkit.report import report_quietly
@@ -104,6 +104,7 @@ def _check_inputs(recipe: Recipe, registry: Registry) -> None:
     """Everything checkable before any work: the recipe's settings, the backbone, the image size, the folders."""
     from transferkit.backbones import check_image_size
     from transferkit.data import scan_folder
+    from transferkit.labels import read_labels
     from transferkit.registry import get_backbone
     from transferkit.space import check_searchable
 
@@ -114,9 +115,8 @@ def _check_inputs(recipe: Recipe, registry: Registry) -> None:
         raise RecipeError("No training data. Give a folder with one sub-folder of images per class "
                           "(transferkit tune DATA_DIR), or data: in the recipe.")
     if recipe.labels:  # a table's paths are relative to the folder: it need not hold class folders
-        if not Path(recipe.data).is_dir():
-            raise DataError(f"Data folder {recipe.data!r} does not exist; the paths of {recipe.labels!r} are "
-                            "relative to it.")
+        read_labels(recipe.labels, recipe.data, recipe.task or "multiclass", columns=recipe.label_columns,
+                    delimiter=recipe.label_delimiter)  # checked before any trial
         return
     for folder in (recipe.data, recipe.val_dir):
         if folder is not None:

@@ -187,18 +187,23 @@ def score_of(result: dict) -> str:
     return f"val_loss {result.get('val_loss')}"
 
 
-def task_lines(metrics: dict) -> list[str]:
-    """The validation scores that fit the task: ROC AUC (binary), F1 and mAP (multilabel), MAE/RMSE/R² (regression)."""
-    scores = metrics.get("validation_scores") or {}
+def task_lines(metrics: dict, split: str = "validation") -> list[str]:
+    """The scores that fit the task: ROC AUC (binary), F1 and mAP (multilabel), MAE/RMSE/R² (regression).
+
+    ``metrics`` is a run's ``metrics.json`` (its ``validation_scores``), or
+    with ``split="test"`` an ``evaluation.json`` (its scores at the top level).
+    """
+    scores = (metrics.get("validation_scores") if split == "validation" else metrics) or {}
+    chosen = "chosen on it" if split == "validation" else "chosen on validation"
     if metrics["task"] == "binary" and scores.get("roc_auc") is not None:
-        return [f"validation ROC AUC {scores['roc_auc']}"]
+        return [f"{split} ROC AUC {scores['roc_auc']}"]
     if metrics["task"] == "multilabel" and scores:
-        return [f"validation micro F1 {scores['micro_f1']}, macro F1 {scores['macro_f1']} at the per-label "
-                f"thresholds chosen on it (at 0.5: {scores['micro_f1_at_0.5']}, {scores['macro_f1_at_0.5']}); "
+        return [f"{split} micro F1 {scores['micro_f1']}, macro F1 {scores['macro_f1']} at the per-label "
+                f"thresholds {chosen} (at 0.5: {scores['micro_f1_at_0.5']}, {scores['macro_f1_at_0.5']}); "
                 f"mean average precision {scores['mean_average_precision']}",
                 "thresholds: " + ", ".join(f"{name} {t:g}" for name, t in scores["thresholds"].items())]
     if metrics["task"] == "regression" and scores:
-        return [f"validation {name}: MAE {v['mae']}, RMSE {v['rmse']}, R² {v['r2']}"
+        return [f"{split} {name}: MAE {v['mae']}, RMSE {v['rmse']}, R² {v['r2']}"
                 for name, v in scores["per_target"].items()]
     return []
 

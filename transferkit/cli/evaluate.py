@@ -6,6 +6,7 @@ import argparse
 import os
 
 from transferkit.cli.common import add_command, column_names, print_table, report_files, task_lines
+from transferkit.config import NON_CLASS_TASKS
 
 __all__ = ["register", "run"]
 
@@ -47,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     found = evaluate(args.run_dir, args.data, tta=args.tta, top_k=args.top_k, output=args.output,
                      labels=args.labels, label_columns=args.label_columns, label_delimiter=args.label_delimiter)
     where = f"wrote {os.path.join(args.output or args.run_dir, 'evaluation.json')}{report_files(args.output or args.run_dir)}"
-    if found["task"] in ("multilabel", "regression"):
-        for line in task_lines({"task": found["task"], "validation_scores": found}):
-            print(line.replace("validation ", "test ", 1).replace(" chosen on it", " chosen on validation"))
+    if found["task"] in NON_CLASS_TASKS:
+        for line in task_lines(found, split="test"):
+            print(line)
         print(f"on {found['images']} images, {found['skipped_images']} skipped")
         print(where)
         return 0
