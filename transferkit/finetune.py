@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from transferkit.backbones import check_image_size
-from transferkit.config import Recipe
+from transferkit.config import NON_CLASS_TASKS, Recipe
 from transferkit.data import ImageSet, load_recipe_data
 from transferkit.distribute import check_distribute, make_distribution
 from transferkit.errors import RecipeError
@@ -286,7 +286,7 @@ def _assess(scored: Any, prep: Prepared, record: RunRecord) -> dict[str, bytes]:
     if record.val_accuracy is not None and prep.build["task"] in ("multiclass", "binary"):
         record.diagnosis = diagnose_run(scored, prep.images, record, prep.recipe)
         record.validation_scores, top_losses = score_validation(scored, prep.images, batch_size=batch)
-    elif not prep.images.one_class_each:
+    elif prep.build["task"] in NON_CLASS_TASKS:
         score_targets(record, scored, prep.images, batch_size=batch)
     technique_records(record, scored, prep.images, prep.recipe)
     return {TOP_LOSSES_FILE: top_losses} if top_losses else {}
